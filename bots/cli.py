@@ -1,0 +1,135 @@
+"""``parley``: the command line. Sub-commands for discussions and information
+come from the one command table; ``console``, ``slack`` and ``discord`` start
+the long-running front-ends.
+
+Exit status: 0 on success, 1 when a turn or discussion failed, 2 for a usage
+error (bad option, unknown provider or persona, missing configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+
+from core.commands import COMMANDS, help_text, parse
+from core.errors import ParleyError, UsageError
+
+FRONT_ENDS = {
+    "run": "Start what is configured: Slack and/or Discord when their tokens are set, else the console.",
+    "console": "Interactive terminal session: type /ask, /compare, /consensus and follow-ups.",
+    "slack": "Run the Slack app (Socket Mode with SLACK_APP_TOKEN, else HTTP).",
+    "discord": "Run the Discord bot (DISCORD_TOKEN).",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="parley",
+        description="A panel of AI experts in your terminal, Slack and Discord.",
+    )
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    for c in COMMANDS.values():
+        sp = sub.add_parser(c.name, help=c.summary, description=c.summary)
+        if c.takes_prompt:
+            sp.add_argument("text", nargs="*", help="options key:value, then the question")
+            sp.add_argument("--conversation", help="continue a conversation: earlier turns are context")
+        if c.name != "help":
+            sp.add_argument("--json", action="store_true", help="newline-delimited JSON events / rows")
+        if c.name == "providers":
+            sp.add_argument("--check", action="store_true", help="re-check every provider now")
+    for name, summary in FRONT_ENDS.items():
+        sp = sub.add_parser(name, help=summary, description=summary)
+        sp.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, extra = build_parser().parse_known_args(argv)
+    if extra and hasattr(args, "text"):
+        # Words after a flag (`ask hello --json world`) still belong to the question.
+        args.text += [w for w in extra if w != "--"]
+    elif extra:
+        build_parser().parse_args(argv)  # reports the unknown arguments and exits 2
+    cmd = args.cmd or "console"
+    try:
+        if cmd in FRONT_ENDS:
+            return _front_end(cmd, getattr(args, "args", []))
+        if cmd == "help":
+            print(help_text())
+            return 0
+        return asyncio.run(_run(cmd, args))
+    except UsageError as e:
+        print(f"parley: {e.message}", file=sys.stderr)
+        return 2
+    except ParleyError as e:
+        print(f"parley: {e.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nparley: stopped.", file=sys.stderr)
+        return 130
+
+
+def _front_end(name: str, rest: list[str]) -> int:
+    if name == "run":
+        from bots.run import main as run_main
+
+        return run_main(rest)
+    if name == "console":
+        from bots.console.app import main as console_main
+
+        return console_main(rest)
+    if name == "slack":
+        from bots.slack.app import main as slack_main
+
+        return slack_main(rest)
+    from bots.discord.app import main as discord_main
+
+    return discord_main(rest)
+
+
+async def _run(cmd: str, args: argparse.Namespace) -> int:
+    from core import info
+    from core.config import Settings
+    from core.services import build_services
+
+    settings = Settings()
+    spec = COMMANDS[cmd]
+    request = None
+    if spec.takes_prompt:
+        request = parse(cmd, " ".join(args.text), max_prompt_chars=settings.max_prompt_chars)
+    async with build_services(settings) as services:
+        if request is None:
+            rows: list[dict[str, object]]
+            if cmd == "providers":
+                rows = await info.providers_rows(services, check=args.check)
+            elif cmd == "personas":
+                rows = info.personas_rows(services)
+            else:
+                rows = info.usage_rows(services)
+            if args.json:
+                for r in rows:
+                    print(json.dumps(r))
+            else:
+                print(await info.info_text(services, cmd) if cmd != "providers"
+                      else info.providers_text(rows, services.catalog.checked))
+            return 0
+        events = services.engine.run(request, conversation=args.conversation, front_end="cli")
+        if args.json:
+            from bots.console.render import print_json_events
+
+            return await print_json_events(events)
+        from bots.console.render import print_plain
+
+        return await print_plain(events, stream_single=request.mode == "single")
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()
+

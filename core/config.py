@@ -1,0 +1,96 @@
+"""Settings: environment plus ``.env``, read once at start-up.
+
+Provider keys are not fields here: their variable names live in the catalog
+(one list), so :meth:`Settings.env` looks them up by name in the same sources
+(process environment first, then ``.env``). Every secret is a ``SecretStr`` and
+is registered for redaction the moment it is read.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from dotenv import dotenv_values
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.errors import register_secret
+
+
+def _default_db() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "parley" / "parley.db"
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    db: Path = Field(default_factory=_default_db, validation_alias=_env("PARLEY_DB"))
+    config: Path | None = Field(None, validation_alias=_env("PARLEY_CONFIG"))
+    personas_dir: Path | None = Field(None, validation_alias=_env("PARLEY_PERSONAS_DIR"))
+    default_provider: str | None = Field(None, validation_alias=_env("PARLEY_DEFAULT_PROVIDER"))
+    fallback_provider: str | None = Field(None, validation_alias=_env("PARLEY_FALLBACK_PROVIDER"))
+    moderator: str | None = Field(None, validation_alias=_env("PARLEY_MODERATOR"))
+
+    max_turns: int = Field(12, validation_alias=_env("PARLEY_MAX_TURNS"))
+    max_prompt_chars: int = Field(8000, validation_alias=_env("PARLEY_MAX_PROMPT_CHARS"))
+    max_rounds: int = Field(3, validation_alias=_env("PARLEY_MAX_ROUNDS"))
+    max_tokens: int = Field(1024, validation_alias=_env("PARLEY_MAX_TOKENS"))
+
+    connect_timeout: float = Field(10.0, validation_alias=_env("PARLEY_CONNECT_TIMEOUT"))
+    read_timeout: float = Field(120.0, validation_alias=_env("PARLEY_READ_TIMEOUT"))
+    retry_attempts: int = Field(3, validation_alias=_env("PARLEY_RETRY_ATTEMPTS"))
+    retry_base_delay: float = Field(0.5, validation_alias=_env("PARLEY_RETRY_BASE_DELAY"))
+    health_ttl: float = Field(30.0, validation_alias=_env("PARLEY_HEALTH_TTL"))
+    cooldown: float = Field(600.0, validation_alias=_env("PARLEY_COOLDOWN"))
+
+    slack_bot_token: SecretStr | None = Field(None, validation_alias=_env("SLACK_BOT_TOKEN"))
+    slack_app_token: SecretStr | None = Field(None, validation_alias=_env("SLACK_APP_TOKEN"))
+    slack_signing_secret: SecretStr | None = Field(
+        None, validation_alias=_env("SLACK_SIGNING_SECRET")
+    )
+    slack_api_url: str | None = Field(None, validation_alias=_env("SLACK_API_URL"))
+    discord_token: SecretStr | None = Field(None, validation_alias=_env("DISCORD_TOKEN"))
+    discord_guild_id: int | None = Field(None, validation_alias=_env("DISCORD_GUILD_ID"))
+    discord_api_url: str | None = Field(None, validation_alias=_env("DISCORD_API_URL"))
+    discord_shards: str | None = Field(None, validation_alias=_env("PARLEY_DISCORD_SHARDS"))
+    port: int = Field(3000, validation_alias=_env("PORT"))
+
+    env_file_path: Path = Field(Path(".env"), exclude=True)
+
+    def model_post_init(self, _ctx: object) -> None:
+        for v in (self.slack_bot_token, self.slack_app_token, self.slack_signing_secret,
+                  self.discord_token):
+            if v is not None:
+                register_secret(v.get_secret_value())
+
+    @cached_property
+    def _dotenv(self) -> dict[str, str | None]:
+        try:
+            return dotenv_values(self.env_file_path) if self.env_file_path.exists() else {}
+        except OSError:
+            return {}
+
+    def env(self, name: str | None) -> str | None:
+        """A variable named by data (the catalog): process env first, then ``.env``."""
+        if not name:
+            return None
+        value = os.environ.get(name)
+        if value is None:
+            value = self._dotenv.get(name)
+        return value or None
+
+    def secret(self, name: str | None) -> SecretStr | None:
+        value = self.env(name)
+        if value is None:
+            return None
+        register_secret(value)
+        return SecretStr(value)

@@ -1,0 +1,101 @@
+"""Append-only, named schema migrations (the simonw/llm pattern).
+
+Each function runs once per database, in order, and is recorded in
+``_migrations``. Never edit or reorder a released migration: add a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlite_utils
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
+
+
+def migration(fn: Callable[[sqlite_utils.Database], None]) -> Callable[[sqlite_utils.Database], None]:
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def m001_initial(db: sqlite_utils.Database) -> None:
+    db["discussions"].create(
+        {
+            "id": str,
+            "conversation": str,
+            "mode": str,
+            "command": str,
+            "prompt": str,
+            "options": str,
+            "status": str,
+            "message": str,
+            "front_end": str,
+            "cost_usd": float,
+            "created_at": str,
+            "finished_at": str,
+        },
+        pk="id",
+    )
+    db["discussions"].create_index(["conversation", "created_at"])
+    db["discussions"].create_index(["status"])
+    db["turns"].create(
+        {
+            "id": str,
+            "discussion_id": str,
+            "seq": int,
+            "stage": str,
+            "round": int,
+            "persona": str,
+            "provider": str,
+            "model": str,
+            "prompt": str,
+            "text": str,
+            "reasoning_chars": int,
+            "status": str,
+            "error_kind": str,
+            "error_message": str,
+            "input_tokens": int,
+            "output_tokens": int,
+            "cached_tokens": int,
+            "usage_estimated": int,
+            "cost_usd": float,
+            "ttft_ms": float,
+            "latency_ms": float,
+            "started_at": str,
+            "finished_at": str,
+        },
+        pk="id",
+        foreign_keys=[("discussion_id", "discussions", "id")],
+    )
+    db["turns"].create_index(["discussion_id", "seq"])
+    db["turns"].create_index(["provider", "model"])
+
+
+@migration
+def m002_provider_health(db: sqlite_utils.Database) -> None:
+    db["provider_health"].create(
+        {"provider": str, "status": str, "message": str, "until": float, "updated_at": str},
+        pk="provider",
+    )
+
+
+@migration
+def m003_posts(db: sqlite_utils.Database) -> None:
+    # Platform messages a front-end has open for a running discussion, so that a
+    # restart can mark each one interrupted instead of leaving it hanging.
+    db["posts"].create(
+        {
+            "id": int,
+            "discussion_id": str,
+            "turn_id": str,
+            "front_end": str,
+            "destination": str,
+            "ref": str,
+            "open": int,
+            "created_at": str,
+        },
+        pk="id",
+    )
+    db["posts"].create_index(["front_end", "open"])
+    db["posts"].create_index(["turn_id"])

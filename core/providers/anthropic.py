@@ -1,0 +1,109 @@
+"""Anthropic Messages wire (https://docs.anthropic.com/en/api/messages-streaming).
+
+``x-api-key`` + ``anthropic-version: 2023-06-01``; ``max_tokens`` required;
+``system`` is top-level. Events: ``message_start`` (input usage),
+``content_block_delta`` (``text_delta`` / ``thinking_delta``), ``message_delta``
+(stop_reason, output usage), ``message_stop``; ``ping`` anywhere; ``event:
+error`` can arrive after HTTP 200 (``overloaded_error``). A stream without
+``message_stop`` is truncated.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from core.errors import ErrorKind, ParleyError
+from core.providers.base import (
+    ChatRequest,
+    Chunk,
+    Endpoint,
+    FinishChunk,
+    ReasoningChunk,
+    TextChunk,
+    Usage,
+    UsageChunk,
+)
+from core.providers.http import get_json, open_stream, vendor_error
+from core.providers.sse import parse_sse
+
+API_VERSION = "2023-06-01"
+
+
+def build_body(request: ChatRequest) -> dict[str, Any]:
+    profile = request.model.profile
+    body: dict[str, Any] = {
+        "model": request.model.id,
+        "max_tokens": request.max_tokens,
+        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        "stream": True,
+    }
+    if request.system:
+        body["system"] = request.system
+    if profile.temperature_range is not None:
+        temp = request.temperature if request.temperature is not None else profile.default_temperature
+        if temp is not None:
+            body["temperature"] = temp
+    body.update(profile.extra_body)
+    return body
+
+
+class AnthropicWire:
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+
+    def _headers(self) -> dict[str, str]:
+        h = {"anthropic-version": API_VERSION, "accept": "text/event-stream"}
+        if self.endpoint.key is not None:
+            h["x-api-key"] = self.endpoint.key.get_secret_value()
+        return h
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        usage = Usage()
+        stop: str | None = None
+        async with open_stream(
+            self.endpoint, "/messages", build_body(request), self._headers(), request.model.id
+        ) as lines:
+            async for ev in parse_sse(lines):
+                try:
+                    obj = json.loads(ev.data)
+                except ValueError:
+                    continue
+                kind = obj.get("type") or ev.event
+                if kind == "content_block_delta":
+                    delta = obj.get("delta") or {}
+                    if delta.get("type") == "text_delta" and delta.get("text"):
+                        yield TextChunk(delta["text"])
+                    elif delta.get("type") == "thinking_delta" and delta.get("thinking"):
+                        yield ReasoningChunk(delta["thinking"])
+                elif kind == "message_start":
+                    u = (obj.get("message") or {}).get("usage") or {}
+                    usage.input_tokens = int(u.get("input_tokens") or 0) + int(
+                        u.get("cache_read_input_tokens") or 0
+                    ) + int(u.get("cache_creation_input_tokens") or 0)
+                    usage.cached_tokens = int(u.get("cache_read_input_tokens") or 0)
+                    usage.output_tokens = int(u.get("output_tokens") or 0)
+                elif kind == "message_delta":
+                    u = obj.get("usage") or {}
+                    if "output_tokens" in u:
+                        usage.output_tokens = int(u["output_tokens"] or 0)
+                    stop = (obj.get("delta") or {}).get("stop_reason") or stop
+                elif kind == "message_stop":
+                    yield UsageChunk(usage)
+                    yield FinishChunk(stop)
+                    return
+                elif kind == "error" or ev.event == "error":
+                    raise vendor_error(self.endpoint, None, obj, model=request.model.id)
+        raise ParleyError(
+            ErrorKind.TRUNCATED,
+            f"{self.endpoint.spec.label} (provider '{self.endpoint.spec.id}') ended the stream "
+            f"before message_stop; the answer may be cut short.",
+            provider=self.endpoint.spec.id,
+        )
+
+    async def check(self) -> None:
+        await get_json(self.endpoint, "/models", self._headers())
+
+    async def aclose(self) -> None:
+        return None

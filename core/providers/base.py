@@ -1,0 +1,92 @@
+"""What every wire speaks: a chat request in, a typed async stream of chunks out.
+
+A *wire* knows one protocol (OpenAI Chat Completions, Anthropic Messages, an
+in-process llama.cpp model). It is built from a :class:`Endpoint` (who/where:
+base URL, key, catalog row) and knows nothing of retries, storage or
+rendering. Retries wrap a wire in :mod:`core.providers.retry`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import httpx
+from pydantic import SecretStr
+
+if TYPE_CHECKING:
+    from core.providers.spec import ModelSpec, ProviderSpec
+
+
+@dataclass(slots=True)
+class Message:
+    role: Literal["user", "assistant"]
+    content: str
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    model: ModelSpec
+    messages: list[Message]
+    system: str | None = None
+    temperature: float | None = None
+    max_tokens: int = 1024
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@dataclass(slots=True)
+class TextChunk:
+    text: str
+
+
+@dataclass(slots=True)
+class ReasoningChunk:
+    """Thinking text (``reasoning_content``); stored apart, never mixed into the answer."""
+
+    text: str
+
+
+@dataclass(slots=True)
+class UsageChunk:
+    usage: Usage
+
+
+@dataclass(slots=True)
+class FinishChunk:
+    reason: str | None = None
+
+
+Chunk = TextChunk | ReasoningChunk | UsageChunk | FinishChunk
+
+
+@dataclass(slots=True)
+class Endpoint:
+    """A provider row resolved against the environment."""
+
+    spec: ProviderSpec
+    base_url: str
+    key: SecretStr | None
+    http: httpx.AsyncClient
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Wire(Protocol):
+    endpoint: Endpoint
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[Chunk]:
+        """Stream one answer. Must end with a FinishChunk, or raise ParleyError
+        (kind ``truncated`` when the stream stops before its terminator)."""
+        ...
+
+    async def check(self) -> None:
+        """Cheap health probe (``GET /models``); raise ParleyError when unhealthy."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,51 @@
+"""build_services(settings) -> Services: the one place things are wired."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from core.config import Settings
+from core.discussion import Engine
+from core.personas import PersonaBook
+from core.providers.registry import Registry
+from core.providers.spec import Catalog, load_catalog
+from core.store import Store
+
+
+@dataclass
+class Services:
+    settings: Settings
+    catalog: Catalog
+    store: Store
+    http: httpx.AsyncClient
+    registry: Registry
+    personas: PersonaBook
+    engine: Engine
+
+    async def aclose(self) -> None:
+        await self.registry.aclose()
+        await self.http.aclose()
+        self.store.close()
+
+    async def __aenter__(self) -> Services:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def build_services(settings: Settings | None = None, *, http: httpx.AsyncClient | None = None) -> Services:
+    settings = settings or Settings()
+    catalog = load_catalog(settings.config)
+    store = Store(settings.db)
+    client = http or httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
+        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+        headers={"user-agent": "parley/0.1"},
+    )
+    registry = Registry(catalog, settings, client, store)
+    personas = PersonaBook(settings.personas_dir)
+    engine = Engine(registry, personas, store, settings)
+    return Services(settings, catalog, store, client, registry, personas, engine)
