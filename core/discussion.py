@@ -127,6 +127,9 @@ class Engine:
                     f"rounds:{rounds} is more than the limit of {self.settings.max_rounds} "
                     f"(PARLEY_MAX_ROUNDS)."
                 )
+            from core.consensus import moderator_for
+
+            moderator_for(self, request.moderator, unique[0])  # unknown moderator: fail now
             turns = len(unique) * (1 + rounds) + 1
             if turns > limit * 3:
                 raise UsageError(

@@ -87,7 +87,7 @@ class UsageError(ParleyError):
 
 
 def suggest(word: str, choices: Iterable[str], what: str) -> str:
-    """``Unknown provider 'opnai'. Did you mean 'openai'? Known: ...``"""
+    """``Unknown persona 'rilye'. Did you mean 'riley'? Known personas: ...``"""
     choices = sorted(set(choices))
     close = difflib.get_close_matches(word.lower(), choices, n=3, cutoff=0.5)
     msg = f"Unknown {what} '{word}'."

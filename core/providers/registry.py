@@ -40,7 +40,7 @@ def _make_wire(endpoint: Endpoint) -> Wire:
         from core.providers.openai_chat import OpenAIChatWire
 
         return OpenAIChatWire(endpoint)
-    if wire == "anthropic":
+    if wire == "anthropic_messages":
         from core.providers.anthropic import AnthropicWire
 
         return AnthropicWire(endpoint)

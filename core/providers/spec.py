@@ -18,7 +18,7 @@ from core.errors import UsageError
 
 CATALOG_PATH = Path(__file__).with_name("catalog.toml")
 
-WireName = Literal["openai_chat", "anthropic", "llama_cpp"]
+WireName = Literal["openai_chat", "anthropic_messages", "llama_cpp"]
 
 
 class QuirkProfile(BaseModel):
@@ -117,6 +117,16 @@ class Catalog(BaseModel):
         return self
 
 
+    def env_vars(self) -> list[str]:
+        """Every environment variable the catalog names (keys and base URLs), in order."""
+        out: list[str] = []
+        for p in self.providers.values():
+            for name in (p.key_env, p.base_url_env):
+                if name and name not in out:
+                    out.append(name)
+        return out
+
+
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
@@ -132,9 +142,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
         with path.open("rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
-        raise UsageError(f"Config file {path} does not exist. Fix PARLEY_CONFIG or create it.")
+        raise UsageError(f"Config file {path} does not exist. Fix PARLEY_CONFIG or create it.") from None
     except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"Config file {path} is not valid TOML: {e}.")
+        raise UsageError(f"Config file {path} is not valid TOML: {e}.") from None
 
 
 def load_catalog(user_config: Path | None = None) -> Catalog:

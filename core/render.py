@@ -1,0 +1,464 @@
+"""Stream rendering shared by every front-end.
+
+The :class:`Renderer` turns the engine's events into calls on a small
+:class:`Sink` (post a message, edit it). It
+
+- coalesces deltas: a message is re-sent with its latest text when a token
+  of budget is granted, never once per delta;
+- keeps every message under ``sink.limit`` by rolling over into continuation
+  messages at safe boundaries (paragraph, line, sentence, word; never inside a
+  code block unless a block alone exceeds the limit, in which case the fence is
+  closed and reopened);
+- spends per-destination :class:`TokenBucket` budgets shared by all concurrent
+  turns writing to the same place, with final edits first and the stalest
+  message next;
+- honours a platform 429 (:class:`RateLimited`) by pausing the bucket and
+  re-sending the same text later: nothing is dropped;
+- ends a failed turn's message with what was shown plus the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import math
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from core.events import (
+    DiscussionFinished,
+    DiscussionStarted,
+    Event,
+    StageStarted,
+    TextDelta,
+    TurnFailed,
+    TurnFinished,
+    TurnInfo,
+    TurnStarted,
+)
+
+log = logging.getLogger("parley.render")
+
+State = Literal["streaming", "continued", "done", "failed"]
+
+
+class RateLimited(Exception):
+    """Raised by a sink when the platform answers 429; the op is retried later."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"rate limited for {retry_after:.2f}s")
+        self.retry_after = retry_after
+
+
+class TokenBucket:
+    """An async token bucket with prioritised waiters (lower priority value first).
+
+    Shared by every renderer that writes through the same platform budget (a
+    Slack method per workspace, a Discord channel). ``rate`` may be ``inf``.
+    """
+
+    def __init__(self, rate: float, burst: float = 1.0, name: str = "") -> None:
+        self.rate = rate
+        self.capacity = max(1.0, burst)
+        self.tokens = self.capacity
+        self.name = name
+        self.updated = time.monotonic()
+        self.paused_until = 0.0
+        self.granted = 0
+        self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+        self._timer: asyncio.Task[None] | None = None
+
+    def _refill(self, now: float) -> None:
+        if math.isinf(self.rate):
+            self.tokens = self.capacity
+        else:
+            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def _try_take(self) -> bool:
+        now = time.monotonic()
+        if now < self.paused_until:
+            return False
+        self._refill(now)
+        if self.tokens >= 1:
+            self.tokens -= 1
+            self.granted += 1
+            return True
+        return False
+
+    async def acquire(self, priority: float = 1.0) -> None:
+        if not self._waiters and self._try_take():
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (priority, next(self._seq), fut))
+        if self._timer is None or self._timer.done():
+            self._timer = asyncio.create_task(self._grant_loop())
+        await fut
+
+    async def _grant_loop(self) -> None:
+        while self._waiters:
+            while self._waiters and self._waiters[0][2].done():
+                heapq.heappop(self._waiters)  # cancelled waiter
+            if not self._waiters:
+                break
+            if self._try_take():
+                heapq.heappop(self._waiters)[2].set_result(None)
+                continue
+            now = time.monotonic()
+            wait = max(self.paused_until - now, (1 - self.tokens) / self.rate if self.rate else 1.0)
+            await asyncio.sleep(max(wait, 0.001))
+
+    def pause(self, seconds: float) -> None:
+        """After a 429: nothing is granted for ``seconds``, and the bucket restarts empty."""
+        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+        self.tokens = 0.0
+        self.updated = self.paused_until
+
+
+UNLIMITED_RATE = math.inf
+
+
+@dataclass(slots=True)
+class Frame:
+    """What one platform message should show now."""
+
+    turn: TurnInfo
+    text: str  # display text (fences closed/reopened across a rollover)
+    raw: str  # the exact slice of the streamed answer this message carries
+    part: int  # 1 for the first message of a turn, 2… for continuations
+    state: State
+    notice: str | None = None  # the error, when state == "failed"
+
+
+class Sink(Protocol):
+    """A destination: one thread/channel on one platform."""
+
+    #: Max characters of ``Frame.text`` per message (net of the sink's own decoration).
+    limit: int
+    #: Seconds between two edits of the same message (freshness vs. cost).
+    min_interval: float
+    post_budget: TokenBucket
+    edit_budget: TokenBucket
+
+    async def post(self, frame: Frame) -> Any:
+        """Create a message; return a reference for later edits. May raise RateLimited."""
+        ...
+
+    async def edit(self, ref: Any, frame: Frame) -> None:
+        """Replace a message's content. May raise RateLimited."""
+        ...
+
+    async def notice(self, event: Event) -> None:
+        """Show a non-turn event (discussion start, stage, summary); budget already spent."""
+        ...
+
+
+# --- safe split points ---------------------------------------------------------------
+
+_FENCE = re.compile(r"^\s*```(.*)$", re.M)
+
+
+def _open_fence_at(text: str, pos: int) -> str | None:
+    """The info string of the code fence open at ``pos``, or None outside code."""
+    lang: str | None = None
+    for m in _FENCE.finditer(text, 0, pos):
+        lang = None if lang is not None else m.group(1).strip()
+    return lang
+
+
+def split_point(text: str, limit: int) -> int:
+    """Where to cut ``text`` (longer than ``limit``) so the head is ≤ limit and cut safely."""
+    window = text[: limit + 1]
+    floor = limit // 3  # never cut so early that messages become tiny
+    for pattern in ("\n\n", "\n", ". ", "! ", "? ", " "):
+        idx = window.rfind(pattern, floor, limit)
+        while idx > 0:
+            cut = idx + len(pattern)
+            if cut <= limit and (_open_fence_at(text, cut) is None or pattern == " "):
+                return cut
+            idx = window.rfind(pattern, floor, idx)
+    # Inside a long code block: cut at a line end and let the fences be re-balanced.
+    idx = window.rfind("\n", floor, limit)
+    if idx > 0:
+        return idx + 1
+    idx = window.rfind(" ", floor, limit)
+    return idx + 1 if idx > 0 else limit
+
+
+# --- the renderer ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Msg:
+    start: int
+    end: int | None = None  # None: the live (last) message of the turn
+    ref: Any = None
+    sent: str | None = None  # display text last sent
+    sent_state: State | None = None
+    fence_in: str | None = None  # fence info string reopened at the top of this message
+
+
+@dataclass(slots=True)
+class _View:
+    turn: TurnInfo
+    parts: list[str] = field(default_factory=list)
+    length: int = 0
+    msgs: list[_Msg] = field(default_factory=lambda: [_Msg(0)])
+    final: State | None = None
+    notice: str | None = None
+    dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    last_flush: float = 0.0
+    task: asyncio.Task[None] | None = None
+    visible_at: list[tuple[int, float]] = field(default_factory=list)
+
+    def text(self) -> str:
+        if len(self.parts) > 1:
+            self.parts[:] = ["".join(self.parts)]
+        return self.parts[0] if self.parts else ""
+
+
+class Renderer:
+    """Render one discussion's events onto one sink.
+
+    ``on_visible(turn_id, n_chars, t)`` (optional) is called whenever the first
+    ``n_chars`` of a turn became visible on the platform: benchmarks use it to
+    measure freshness. ``on_post``/``on_done`` let a front-end record open
+    messages so that a restart can mark them interrupted.
+    """
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        on_post: Callable[[TurnInfo, Any], None] | None = None,
+        on_done: Callable[[TurnInfo, Any], None] | None = None,
+        on_visible: Callable[[str, int, float], None] | None = None,
+        max_op_retries: int = 5,
+    ) -> None:
+        self.sink = sink
+        self.views: dict[str, _View] = {}
+        self.on_post = on_post
+        self.on_done = on_done
+        self.on_visible = on_visible
+        self.max_op_retries = max_op_retries
+        self.ops = 0
+        self.rate_limited = 0
+        self.lost_ops = 0
+
+    async def consume(self, events: AsyncIterator[Event]) -> DiscussionFinished | None:
+        """Render a whole event stream; returns the final event (or None if cut short)."""
+        last: DiscussionFinished | None = None
+        try:
+            async for ev in events:
+                if type(ev) is TextDelta:
+                    self.append(ev.turn_id, ev.text)
+                elif isinstance(ev, TurnStarted):
+                    self.start(ev.turn)
+                elif isinstance(ev, TurnFinished):
+                    self.finish(ev.turn.turn_id, ev.text)
+                elif isinstance(ev, TurnFailed):
+                    self.fail(ev.turn.turn_id, ev.text, ev.error.get("message", "failed"))
+                elif isinstance(ev, (StageStarted, DiscussionStarted)):
+                    await self._notice(ev)
+                elif isinstance(ev, DiscussionFinished):
+                    last = ev
+        finally:
+            await self.drain()
+        if last is not None:
+            await self._notice(last)
+        return last
+
+    # --- event handlers (sync: cheap on the hot path) ---------------------------------------
+    def start(self, turn: TurnInfo) -> None:
+        view = _View(turn)
+        self.views[turn.turn_id] = view
+        view.task = asyncio.create_task(self._flusher(view))
+        view.dirty.set()  # post the placeholder now: the reader sees who is answering
+
+    def append(self, turn_id: str, text: str) -> None:
+        view = self.views.get(turn_id)
+        if view is None:
+            return
+        view.parts.append(text)
+        view.length += len(text)
+        view.dirty.set()
+
+    def finish(self, turn_id: str, text: str) -> None:
+        view = self.views[turn_id]
+        view.parts[:] = [text]
+        view.length = len(text)
+        view.final = "done"
+        view.dirty.set()
+
+    def fail(self, turn_id: str, text: str, notice: str) -> None:
+        view = self.views[turn_id]
+        shown = view.text()
+        # Keep whatever was shown; prefer the engine's copy if it has more.
+        view.parts[:] = [text if len(text) >= len(shown) else shown]
+        view.length = len(view.parts[0])
+        view.final = "failed"
+        view.notice = notice
+        view.dirty.set()
+
+    async def drain(self) -> None:
+        """Wait until every turn's last frame is on the platform."""
+        for view in list(self.views.values()):
+            if view.final is None:  # the stream was cut off without a result
+                self.fail(view.turn.turn_id, "", "Interrupted before the answer was complete.")
+        tasks = [v.task for v in self.views.values() if v.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def abort(self) -> None:
+        for v in self.views.values():
+            if v.task:
+                v.task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*(v.task for v in self.views.values() if v.task), return_exceptions=True)
+
+    # --- flushing -------------------------------------------------------------------------------
+    async def _notice(self, ev: Event) -> None:
+        await self.sink.post_budget.acquire(0.5)
+        for attempt in range(self.max_op_retries):
+            try:
+                await self.sink.notice(ev)
+                self.ops += 1
+                return
+            except RateLimited as rl:
+                self.rate_limited += 1
+                self.sink.post_budget.pause(rl.retry_after)
+                await self.sink.post_budget.acquire(0.5)
+            except Exception:
+                log.exception("posting a %s notice failed (attempt %d)", ev.type, attempt + 1)
+                await asyncio.sleep(min(2.0, 0.2 * 2**attempt))
+        self.lost_ops += 1
+
+    async def _flusher(self, view: _View) -> None:
+        try:
+            while True:
+                await view.dirty.wait()
+                if view.final is None:
+                    wait = view.last_flush + self.sink.min_interval - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                view.dirty.clear()
+                await self._sync(view)
+                view.last_flush = time.monotonic()
+                if view.final is not None and not view.dirty.is_set():
+                    if self.on_done:
+                        for m in view.msgs:
+                            if m.ref is not None:
+                                self.on_done(view.turn, m.ref)
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("rendering turn %s failed", view.turn.turn_id)
+
+    def _frames(self, view: _View) -> None:
+        """Roll the live message over while its text exceeds the limit."""
+        text = view.text()
+        while True:
+            live = view.msgs[-1]
+            # Leave room for a reopened fence at the top and a closing one at the bottom.
+            room = self.sink.limit - 4 - (len(live.fence_in) + 4 if live.fence_in is not None else 0)
+            body = text[live.start :]
+            if len(body) <= room:
+                return
+            cut = live.start + split_point(body, room)
+            live.end = cut
+            view.msgs.append(_Msg(cut, fence_in=_open_fence_at(text, cut)))
+
+    def _display(self, view: _View, msg: _Msg, idx: int) -> Frame:
+        text = view.text()
+        raw = text[msg.start : msg.end] if msg.end is not None else text[msg.start :]
+        display = raw
+        if msg.fence_in is not None:
+            display = f"```{msg.fence_in}\n" + display
+        last = idx == len(view.msgs) - 1
+        if msg.end is not None and _open_fence_at(text, msg.end) is not None:
+            display = display.rstrip("\n") + "\n```"
+        state: State
+        if not last:
+            state = "continued"
+        elif view.final is None:
+            state = "streaming"
+        else:
+            state = view.final
+        return Frame(view.turn, display, raw, idx + 1, state, view.notice if last else None)
+
+    async def _sync(self, view: _View) -> None:
+        self._frames(view)
+        final = view.final is not None
+        for idx, msg in enumerate(view.msgs):
+            frame = self._display(view, msg, idx)
+            if msg.sent == frame.text and msg.sent_state == frame.state:
+                continue
+            ok = await self._op(view, msg, frame, final or frame.state == "continued")
+            if not ok:
+                return
+            if self.on_visible and frame.raw:
+                self.on_visible(view.turn.turn_id, msg.start + len(frame.raw), time.monotonic())
+
+    async def _op(self, view: _View, msg: _Msg, frame: Frame, urgent: bool) -> bool:
+        creating = msg.ref is None
+        bucket = self.sink.post_budget if creating else self.sink.edit_budget
+        # Finals and rollovers first; otherwise the message that waited longest.
+        priority = 0.0 if urgent else 1.0 + view.last_flush / 1e6
+        for attempt in range(self.max_op_retries):
+            await bucket.acquire(priority)
+            try:
+                if creating:
+                    msg.ref = await self.sink.post(frame)
+                    if self.on_post:
+                        self.on_post(view.turn, msg.ref)
+                else:
+                    await self.sink.edit(msg.ref, frame)
+                self.ops += 1
+                msg.sent, msg.sent_state = frame.text, frame.state
+                return True
+            except RateLimited as rl:
+                self.rate_limited += 1
+                bucket.pause(rl.retry_after)
+            except Exception:
+                log.exception("sink %s failed (attempt %d)", "post" if creating else "edit", attempt + 1)
+                await asyncio.sleep(min(2.0, 0.2 * 2**attempt))
+        self.lost_ops += 1
+        view.dirty.set()  # try again on the next flush rather than drop the text
+        return False
+
+
+def summary_markdown(ev: DiscussionFinished) -> str:
+    """The closing message of a discussion: time, tokens and cost per turn, and the total."""
+    lines = []
+    for t in ev.turns:
+        stage = f" · {t['stage']}" + (f" {t['round']}" if t["round"] else "") if t["stage"] != "answer" else ""
+        if t["status"] == "finished":
+            ttft = f"{t['ttft_ms'] / 1000:.1f}s to first token, " if t["ttft_ms"] is not None else ""
+            est = " (est.)" if t["estimated"] else ""
+            lines.append(
+                f"✅ {t['label']}{stage}: {ttft}{t['latency_ms'] / 1000:.1f}s, "
+                f"{t['input_tokens']:,}+{t['output_tokens']:,} tokens{est}, ${t['cost_usd']:.4f}"
+            )
+        else:
+            lines.append(f"⚠️ {t['label']}{stage}: {t['error']['kind']} — {t['error']['message']}")
+    tot = ev.total
+    lines.append(
+        f"*Total*: {tot['turns']} turns ({tot['failed']} failed), {tot['input_tokens']:,}+"
+        f"{tot['output_tokens']:,} tokens, ${tot['cost_usd']:.4f}, {tot['wall_ms'] / 1000:.1f}s"
+    )
+    if ev.ranking:
+        lines.append(
+            "*Peer ranking* (Borda): "
+            + ", ".join(f"{i + 1}. {r['label']} ({r['score']})" for i, r in enumerate(ev.ranking))
+        )
+    if ev.message:
+        lines.append(ev.message)
+    return "\n".join(lines)

@@ -1,0 +1,44 @@
+"""Shared fixtures. Every test is offline: pytest-socket (configured in
+pyproject.toml) refuses connections to anything but loopback."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from core.config import Settings
+from core.providers.spec import load_catalog
+from core.services import Services, build_services
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test sees the developer's keys, .env or database."""
+    for name in list(os.environ):
+        if name.startswith(("PARLEY_", "SLACK_", "DISCORD_")) or name in load_catalog().env_vars():
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env is read
+    monkeypatch.setenv("PARLEY_DB", str(tmp_path / "parley.db"))
+    monkeypatch.setenv("PARLEY_RETRY_BASE_DELAY", "0.01")
+
+
+@pytest.fixture
+def make_settings(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Settings]:
+    def make(**env: str) -> Settings:
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        return Settings()
+
+    return make
+
+
+@pytest.fixture
+async def services(make_settings: Callable[..., Settings]) -> AsyncIterator[Services]:
+    s = build_services(make_settings())
+    try:
+        yield s
+    finally:
+        await s.aclose()

@@ -1,0 +1,229 @@
+"""Pure unit tests: grammar, catalog, errors, SSE, cost, store."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from core import commands
+from core.errors import ErrorKind, UsageError, classify, redact, register_secret, retry_after_seconds
+from core.providers.spec import load_catalog
+from core.providers.sse import parse_sse
+from core.store import Store
+from core.usage import cost_usd, turn_usage
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- grammar -------------------------------------------------------------------------------
+def test_grammar_options_then_question() -> None:
+    r = commands.parse("ask", "provider:kimi temperature:0.3 How should we announce our v2 launch?")
+    assert r.providers == ["kimi"] and r.temperature == 0.3
+    assert r.prompt == "How should we announce our v2 launch?"
+    assert r.mode == "single"
+
+
+def test_grammar_lists_and_models() -> None:
+    r = commands.parse("compare", "personas:riley,morgan providers:openai,anthropic/claude-haiku-4-5 Q?")
+    assert r.personas == ["riley", "morgan"]
+    assert r.providers == ["openai", "anthropic/claude-haiku-4-5"]
+
+
+def test_grammar_question_may_contain_colons_and_urls() -> None:
+    r = commands.parse("ask", "Note: see https://example.com/x and decide")
+    assert r.prompt == "Note: see https://example.com/x and decide"
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("provder:kimi hi", "Did you mean 'provider'"),
+        ("temperature:hot hi", "not a number"),
+        ("temperature:7 hi", "out of range"),
+        ("provider:kimi", "needs a question"),
+        ("providers:a,b hi", "/ask takes one persona and one provider"),
+        ("rounds:2 hi", "does not take rounds"),
+    ],
+)
+def test_grammar_errors_say_how_to_fix(text: str, fragment: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(fragment)):
+        commands.parse("ask", text)
+
+
+def test_prompt_too_long() -> None:
+    with pytest.raises(UsageError, match="limit is 100"):
+        commands.parse("ask", "x" * 101, max_prompt_chars=100)
+
+
+def test_parse_line_umbrella_and_default() -> None:
+    assert commands.parse_line("/parley compare providers:a,b Q").command == "compare"
+    assert commands.parse_line("just a question").command == "ask"
+    with pytest.raises(UsageError, match="Did you mean '/?compare'|Did you mean 'compare'"):
+        commands.parse_line("/compair Q")
+
+
+# --- catalog ----------------------------------------------------------------------------------
+def test_catalog_ships_required_providers() -> None:
+    cat = load_catalog()
+    for pid in ("openai", "anthropic", "kimi", "deepseek", "gemini", "groq", "mistral",
+                "openrouter", "xai", "ollama", "local"):
+        assert pid in cat.providers
+    kimi = cat.providers["kimi"]
+    assert kimi.key_env == "MOONSHOT_API_KEY" and kimi.base_url_env == "MOONSHOT_BASE_URL"
+    assert kimi.base_url == "https://api.moonshot.ai/v1"
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", cat.checked)
+
+
+def test_user_config_adds_and_overrides(tmp_path: Path) -> None:
+    cfg = tmp_path / "parley.toml"
+    cfg.write_text(
+        """
+[providers.acme]
+label = "Acme LLM"
+base_url = "http://127.0.0.1:1/v1"
+key_env = "ACME_API_KEY"
+default_model = "acme-1"
+[providers.acme.models."acme-1"]
+input = 1.0
+output = 2.0
+
+[providers.kimi]
+base_url = "https://api.moonshot.cn/v1"
+[providers.kimi.models."kimi-k2-0905-preview"]
+input = 0.5
+"""
+    )
+    cat = load_catalog(cfg)
+    assert cat.providers["acme"].models["acme-1"].output == 2.0
+    assert cat.providers["acme"].wire == "openai_chat"
+    assert cat.providers["kimi"].base_url == "https://api.moonshot.cn/v1"
+    assert cat.providers["kimi"].models["kimi-k2-0905-preview"].input == 0.5
+    # the rest of the shipped row survives the merge
+    assert cat.providers["kimi"].models["kimi-k2-0905-preview"].output == 2.50
+
+
+def test_user_config_errors_name_file_and_field(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[providers.acme]\nlabel = "A"\ndefault_model = "x"\n[providers.acme.models.y]\n')
+    with pytest.raises(UsageError, match=r"bad.toml.*providers.acme"):
+        load_catalog(cfg)
+
+
+def test_no_provider_id_outside_the_catalog() -> None:
+    """The 'hidden enum' bug: a provider id hard-coded anywhere but the catalog.
+
+    Scans product code (core/, bots/) for any catalog provider id used as a
+    string literal. The catalog, vendor docs links and comments are exempt.
+    """
+    ids = [p for p in load_catalog().providers]
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "core", "bots"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()
+    offenders = []
+    for f in files:
+        if not f.endswith(".py"):
+            continue
+        for lineno, line in enumerate((ROOT / f).read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            for pid in ids:
+                if re.search(rf"""["']{re.escape(pid)}(/[^"']*)?["']""", code):
+                    offenders.append(f"{f}:{lineno}: {line.strip()}")
+    assert not offenders, "provider ids outside the catalog:\n" + "\n".join(offenders)
+
+
+def test_env_example_lists_every_catalog_variable() -> None:
+    text = (ROOT / ".env.example").read_text()
+    for name in load_catalog().env_vars():
+        assert re.search(rf"^#?\s*{name}=", text, re.M), f"{name} missing from .env.example"
+
+
+# --- errors --------------------------------------------------------------------------------------
+def _classify(status: int | None, body: object, pid: str = "openai", headers: dict | None = None):
+    spec = load_catalog().providers[pid]
+    return classify(provider=pid, label=spec.label, key_env=spec.key_env, auth_hint=spec.auth_hint,
+                    status=status, body=body, headers=headers or {})
+
+
+def test_kimi_401_names_region_and_base_url_env() -> None:
+    e = _classify(401, {"error": {"message": "Invalid Authentication", "type": "invalid_authentication_error"}}, "kimi")
+    assert e.kind == ErrorKind.AUTH
+    assert "MOONSHOT_API_KEY" in e.message and "MOONSHOT_BASE_URL" in e.message
+    assert "api.moonshot.cn" in e.message and "api.moonshot.ai" in e.message
+
+
+@pytest.mark.parametrize(
+    "status, body, kind",
+    [
+        (429, {"error": {"type": "exceeded_current_quota_error", "message": "suspended"}}, ErrorKind.QUOTA_EXHAUSTED),
+        (429, {"error": {"type": "rate_limit_reached_error", "message": "slow"}}, ErrorKind.RATE_LIMITED),
+        (429, {"error": {"type": "engine_overloaded_error", "message": "busy"}}, ErrorKind.OVERLOADED),
+        (429, {"error": {"type": "insufficient_quota", "code": "insufficient_quota"}}, ErrorKind.QUOTA_EXHAUSTED),
+        (429, {"error": {"type": "requests", "code": "rate_limit_exceeded"}}, ErrorKind.RATE_LIMITED),
+        (402, {"error": {"message": "Insufficient Balance"}}, ErrorKind.QUOTA_EXHAUSTED),
+        (400, {"error": {"code": "context_length_exceeded", "message": "too long"}}, ErrorKind.CONTEXT_TOO_LONG),
+        (400, {"type": "error", "error": {"type": "invalid_request_error", "message": "prompt is too long: 250000 tokens > 200000 maximum"}}, ErrorKind.CONTEXT_TOO_LONG),
+        (529, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, ErrorKind.OVERLOADED),
+        (None, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, ErrorKind.OVERLOADED),
+        (404, {"error": {"code": "model_not_found"}}, ErrorKind.BAD_REQUEST),
+        (500, "upstream exploded", ErrorKind.OVERLOADED),
+    ],
+)
+def test_classification(status, body, kind) -> None:
+    assert _classify(status, body).kind == kind
+
+
+def test_retry_after_headers() -> None:
+    assert retry_after_seconds({"retry-after-ms": "1500"}) == 1.5
+    assert retry_after_seconds({"retry-after": "3"}) == 3.0
+    assert retry_after_seconds({}) is None
+
+
+def test_secrets_are_redacted() -> None:
+    register_secret("my-very-secret-value-123")
+    assert "my-very-secret" not in redact("key my-very-secret-value-123 leaked")
+    assert "sk-abcdef" not in redact("Incorrect API key provided: sk-abcdefghijklmnop")
+    e = _classify(401, {"error": {"message": "Incorrect API key provided: sk-abcdefghijklmnopqrst"}})
+    assert "sk-abcdefghij" not in e.message
+
+
+# --- SSE ---------------------------------------------------------------------------------------
+async def _aiter(lines):
+    for line in lines:
+        yield line
+
+
+async def test_sse_comments_multiline_and_events() -> None:
+    lines = [": keep-alive", "", "event: ping", "data: {}", "", "data: a", "data: b", "",
+             ": OPENROUTER PROCESSING", "data: [DONE]", ""]
+    got = [(e.event, e.data) async for e in parse_sse(_aiter(lines))]
+    assert got == [("ping", "{}"), ("message", "a\nb"), ("message", "[DONE]")]
+
+
+# --- cost --------------------------------------------------------------------------------------
+def test_cost_arithmetic_uses_cached_price() -> None:
+    m = load_catalog().providers["openai"].models["gpt-4.1-mini"]  # 0.40 / 0.10 / 1.60
+    assert cost_usd(m, 1_000_000, 0, 0) == pytest.approx(0.40)
+    assert cost_usd(m, 1_000_000, 1_000_000, 500_000) == pytest.approx(0.20 + 0.05 + 1.60)
+    from core.providers.base import Usage
+
+    u = turn_usage(m, Usage(1000, 500, 0), "p", "a")
+    assert not u.estimated and u.cost_usd == pytest.approx((1000 * 0.4 + 500 * 1.6) / 1e6)
+    est = turn_usage(m, None, "x" * 400, "y" * 40)
+    assert est.estimated and est.input_tokens == 100 and est.output_tokens == 10
+
+
+# --- store ----------------------------------------------------------------------------------------
+def test_migrations_from_empty_database(tmp_path: Path) -> None:
+    db = tmp_path / "new.db"
+    s = Store(db)
+    names = {r["name"] for r in s.db["_migrations"].rows}
+    assert {"m001_initial", "m002_provider_health", "m003_posts"} <= names
+    assert s.db.execute("pragma journal_mode").fetchone()[0] == "wal"
+    s.close()
+    again = Store(db)
+    assert again.migrate() == []  # idempotent
+    again.close()
