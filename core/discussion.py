@@ -112,8 +112,7 @@ class Engine:
                 model = request.model or (persona.model if not request.providers else None)
                 spec, m = self.registry.resolve(choice, model)
                 out.append(Panelist(persona, spec, m))
-        seen: set[str] = set()
-        unique = [p for p in out if not (p.key in seen or seen.add(p.key))]
+        unique = list({p.key: p for p in reversed(out)}.values())[::-1]
         limit = self.settings.max_turns
         if request.mode == "consensus":
             if len(unique) < 2:
@@ -327,11 +326,11 @@ class Engine:
         try:
             remaining = len(tasks)
             while remaining:
-                ev = await queue.get()
-                if ev is None:
+                item = await queue.get()
+                if item is None:
                     remaining -= 1
                 else:
-                    yield ev
+                    yield item
             for t in tasks:
                 t.result()  # surface a bug in a pump instead of hiding it
         finally:
@@ -431,7 +430,7 @@ class Engine:
                     "estimated": r.usage.estimated,
                 }
             )
-        ok = sum(t["status"] == "finished" for t in turns)
+        ok = sum(1 for t in turns if t["status"] == "finished")
         if run.failed_hard or ok == 0:
             status = "failed"
         elif ok < len(turns):
@@ -441,8 +440,8 @@ class Engine:
         total = {
             "turns": len(turns),
             "failed": len(turns) - ok,
-            "input_tokens": sum(t["input_tokens"] for t in turns),
-            "output_tokens": sum(t["output_tokens"] for t in turns),
+            "input_tokens": sum(r.usage.input_tokens for r in run.results),
+            "output_tokens": sum(r.usage.output_tokens for r in run.results),
             "cost_usd": round(_total_cost(run), 8),
             "wall_ms": _r((time.perf_counter() - run.started) * 1000),
         }

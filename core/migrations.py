@@ -20,7 +20,7 @@ def migration(fn: Callable[[sqlite_utils.Database], None]) -> Callable[[sqlite_u
 
 @migration
 def m001_initial(db: sqlite_utils.Database) -> None:
-    db["discussions"].create(
+    db.table("discussions").create(
         {
             "id": str,
             "conversation": str,
@@ -37,9 +37,9 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["discussions"].create_index(["conversation", "created_at"])
-    db["discussions"].create_index(["status"])
-    db["turns"].create(
+    db.table("discussions").create_index(["conversation", "created_at"])
+    db.table("discussions").create_index(["status"])
+    db.table("turns").create(
         {
             "id": str,
             "discussion_id": str,
@@ -68,13 +68,13 @@ def m001_initial(db: sqlite_utils.Database) -> None:
         pk="id",
         foreign_keys=[("discussion_id", "discussions", "id")],
     )
-    db["turns"].create_index(["discussion_id", "seq"])
-    db["turns"].create_index(["provider", "model"])
+    db.table("turns").create_index(["discussion_id", "seq"])
+    db.table("turns").create_index(["provider", "model"])
 
 
 @migration
 def m002_provider_health(db: sqlite_utils.Database) -> None:
-    db["provider_health"].create(
+    db.table("provider_health").create(
         {"provider": str, "status": str, "message": str, "until": float, "updated_at": str},
         pk="provider",
     )
@@ -84,7 +84,7 @@ def m002_provider_health(db: sqlite_utils.Database) -> None:
 def m003_posts(db: sqlite_utils.Database) -> None:
     # Platform messages a front-end has open for a running discussion, so that a
     # restart can mark each one interrupted instead of leaving it hanging.
-    db["posts"].create(
+    db.table("posts").create(
         {
             "id": int,
             "discussion_id": str,
@@ -97,5 +97,5 @@ def m003_posts(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["posts"].create_index(["front_end", "open"])
-    db["posts"].create_index(["turn_id"])
+    db.table("posts").create_index(["front_end", "open"])
+    db.table("posts").create_index(["turn_id"])

@@ -70,15 +70,15 @@ class Store:
 
     # --- schema -------------------------------------------------------------
     def migrate(self) -> list[str]:
-        self.db["_migrations"].create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
-        done = {r["name"] for r in self.db["_migrations"].rows}
+        self.db.table("_migrations").create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
+        done = {r["name"] for r in self.db.table("_migrations").rows}
         applied = []
         for fn in MIGRATIONS:
             if fn.__name__ in done:
                 continue
             with self.db.conn:
                 fn(self.db)
-                self.db["_migrations"].insert({"name": fn.__name__, "applied_at": now_iso()})
+                self.db.table("_migrations").insert({"name": fn.__name__, "applied_at": now_iso()})
             applied.append(fn.__name__)
         return applied
 
@@ -98,7 +98,7 @@ class Store:
         discussion_id: str | None = None,
     ) -> str:
         did = discussion_id or new_id()
-        self.db["discussions"].insert(
+        self.db.table("discussions").insert(
             {
                 "id": did,
                 "conversation": conversation,
@@ -113,10 +113,8 @@ class Store:
         )
         return did
 
-    def finish_discussion(
-        self, did: str, status: str, cost_usd: float, message: str | None = None
-    ) -> None:
-        self.db["discussions"].update(
+    def finish_discussion(self, did: str, status: str, cost_usd: float, message: str | None = None) -> None:
+        self.db.table("discussions").update(
             did,
             {
                 "status": status,
@@ -127,7 +125,7 @@ class Store:
         )
 
     def discussion(self, did: str) -> dict[str, Any]:
-        return dict(self.db["discussions"].get(did))
+        return dict(self.db.table("discussions").get(did))
 
     def mark_interrupted(self, front_ends: Iterable[str]) -> list[str]:
         """At start-up of a front-end: its discussions still 'running' were cut off by a restart.
@@ -161,7 +159,7 @@ class Store:
 
     # --- turns ------------------------------------------------------------------
     def start_turn(self, did: str, seq: int, turn: TurnInfo, prompt: str) -> None:
-        self.db["turns"].insert(
+        self.db.table("turns").insert(
             {
                 "id": turn.turn_id,
                 "discussion_id": did,
@@ -189,7 +187,7 @@ class Store:
         reasoning_chars: int = 0,
         error: dict[str, Any] | None = None,
     ) -> None:
-        self.db["turns"].update(
+        self.db.table("turns").update(
             turn_id,
             {
                 "status": status,
@@ -209,7 +207,7 @@ class Store:
         )
 
     def turns(self, did: str) -> list[dict[str, Any]]:
-        return list(self.db["turns"].rows_where("discussion_id = ?", [did], order_by="seq"))
+        return list(self.db.table("turns").rows_where("discussion_id = ?", [did], order_by="seq"))
 
     # --- conversations (follow-ups) ---------------------------------------------
     def history(self, conversation: str, limit: int = 20) -> list[PastDiscussion]:
@@ -251,7 +249,7 @@ class Store:
 
     # --- provider health -----------------------------------------------------------
     def set_health(self, provider: str, status: str, message: str, until: float) -> None:
-        self.db["provider_health"].upsert(
+        self.db.table("provider_health").upsert(
             {
                 "provider": provider,
                 "status": status,
@@ -266,7 +264,7 @@ class Store:
         now = time.time()
         return {
             r["provider"]: HealthMark(r["status"], r["message"], r["until"])
-            for r in self.db["provider_health"].rows_where("until > ?", [now])
+            for r in self.db.table("provider_health").rows_where("until > ?", [now])
         }
 
     def clear_health(self, provider: str) -> None:
@@ -276,28 +274,24 @@ class Store:
     def record_post(
         self, discussion_id: str, turn_id: str | None, front_end: str, destination: str, ref: str
     ) -> int:
-        return int(
-            self.db["posts"]
-            .insert(
-                {
-                    "discussion_id": discussion_id,
-                    "turn_id": turn_id,
-                    "front_end": front_end,
-                    "destination": destination,
-                    "ref": ref,
-                    "open": 1,
-                    "created_at": now_iso(),
-                }
-            )
-            .last_pk
+        table = self.db.table("posts")
+        table.insert(
+            {
+                "discussion_id": discussion_id,
+                "turn_id": turn_id,
+                "front_end": front_end,
+                "destination": destination,
+                "ref": ref,
+                "open": 1,
+                "created_at": now_iso(),
+            }
         )
+        return int(table.last_pk or 0)
 
     def close_posts(self, ids: Iterable[int]) -> None:
         ids = list(ids)
         if ids:
-            self.db.execute(
-                f"update posts set open = 0 where id in ({','.join('?' * len(ids))})", ids
-            )
+            self.db.execute(f"update posts set open = 0 where id in ({','.join('?' * len(ids))})", ids)
 
     def open_posts(self, front_end: str) -> list[dict[str, Any]]:
-        return list(self.db["posts"].rows_where("front_end = ? and open = 1", [front_end]))
+        return list(self.db.table("posts").rows_where("front_end = ? and open = 1", [front_end]))
