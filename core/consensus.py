@@ -112,16 +112,16 @@ def fence(letter: str, text: str, nonce: str) -> str:
     return f'<answer id="{letter}" nonce="{nonce}">\n{safe.strip()}\n</answer id="{letter}" nonce="{nonce}">'
 
 
-_RANKING = re.compile(r"(?im)^\W*RANKING\W*:?\s*(.+)$")
+_RANKING = re.compile(r"(?i)\bRANKING\b[*_\s]*:[*_\s]*([^\n]+)")
 _REVISED = re.compile(r"(?is)REVISED ANSWER\W*:?\s*(.+)$")
 
 
 def parse_ranking(text: str, letters: Sequence[str]) -> list[str]:
-    m = _RANKING.search(text)
-    if not m:
+    matches = _RANKING.findall(text)
+    if not matches:
         return []
     seen: list[str] = []
-    for tok in re.findall(r"\b([A-Z])\b", m.group(1)):
+    for tok in re.findall(r"\b([A-Z])\b", matches[-1]):  # the last one: models echo the format first
         if tok in letters and tok not in seen:
             seen.append(tok)
     return seen
