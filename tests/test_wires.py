@@ -284,3 +284,21 @@ async def test_no_retry_after_first_token() -> None:
         async for c in stream_with_retries(wire, request("kimi"), RetryPolicy(attempts=3)):
             out.append(c)
     assert len(calls) == 1 and out == [TextChunk("shown")]
+
+
+async def test_line_splitting_across_reads_with_crlf_and_utf8() -> None:
+    """Bytes arrive in arbitrary pieces: CRLF split across reads, multi-byte characters split."""
+    payload = (data(chunk("héllo ✓")) + data(chunk(" wörld", finish="stop")) + "data: [DONE]\n\n")
+    raw = payload.replace("\n", "\r\n").encode()
+
+    class Pieces(httpx.AsyncByteStream):
+        async def __aiter__(self):
+            for i in range(0, len(raw), 3):
+                yield raw[i : i + 3]
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Pieces())
+
+    got = await collect(OpenAIChatWire(endpoint("openai", handler)), request("openai"))
+    assert "".join(c.text for c in got if isinstance(c, TextChunk)) == "héllo ✓ wörld"
+    assert got[-1] == FinishChunk("stop")
