@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import httpx
-
 from core.config import Settings
 from core.discussion import Engine
 from core.personas import PersonaBook
+from core.providers.http import AiohttpClient, HTTPClient
 from core.providers.registry import Registry
 from core.providers.spec import Catalog, load_catalog
 from core.store import Store
@@ -19,7 +18,7 @@ class Services:
     settings: Settings
     catalog: Catalog
     store: Store
-    http: httpx.AsyncClient
+    http: HTTPClient
     registry: Registry
     personas: PersonaBook
     engine: Engine
@@ -36,15 +35,11 @@ class Services:
         await self.aclose()
 
 
-def build_services(settings: Settings | None = None, *, http: httpx.AsyncClient | None = None) -> Services:
+def build_services(settings: Settings | None = None, *, http: HTTPClient | None = None) -> Services:
     settings = settings or Settings()
     catalog = load_catalog(settings.config)
     store = Store(settings.db)
-    client = http or httpx.AsyncClient(
-        timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
-        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
-        headers={"user-agent": "parley/0.1"},
-    )
+    client = http or AiohttpClient(settings.connect_timeout, settings.read_timeout)
     registry = Registry(catalog, settings, client, store)
     personas = PersonaBook(settings.personas_dir)
     engine = Engine(registry, personas, store, settings)

@@ -20,6 +20,7 @@ from core.providers.base import (
     Usage,
     UsageChunk,
 )
+from core.providers.http import HttpxClient
 from core.providers.openai_chat import OpenAIChatWire
 from core.providers.retry import RetryPolicy, stream_with_retries
 from core.providers.spec import load_catalog
@@ -50,7 +51,7 @@ def chunk(content: str | None = None, *, finish: str | None = None, reasoning: s
 
 def endpoint(pid: str, handler, key: str | None = "sk-test-key-123456") -> Endpoint:
     spec = CAT.providers[pid]
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    client = HttpxClient(httpx.AsyncClient(transport=httpx.MockTransport(handler)))
     return Endpoint(spec, spec.base_url or "", SecretStr(key) if key else None, client)
 
 

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
-import httpx
 from pydantic import SecretStr
 
 if TYPE_CHECKING:
+    from core.providers.http import HTTPClient
     from core.providers.spec import ModelSpec, ProviderSpec
 
 
@@ -73,7 +73,7 @@ class Endpoint:
     spec: ProviderSpec
     base_url: str
     key: SecretStr | None
-    http: httpx.AsyncClient
+    http: HTTPClient
     extra: dict[str, str] = field(default_factory=dict)
 
 

@@ -7,14 +7,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import httpx
-
 from core.errors import UNAVAILABLE, ErrorKind, ParleyError, UsageError, suggest
 from core.providers.base import Endpoint, Wire
 from core.providers.spec import Catalog, ModelSpec, ProviderSpec
 
 if TYPE_CHECKING:
     from core.config import Settings
+    from core.providers.http import HTTPClient
     from core.store import Store
 
 #: Status names shown by ``parley providers`` (the issue's contract).
@@ -51,7 +50,7 @@ def _make_wire(endpoint: Endpoint) -> Wire:
 
 class Registry:
     def __init__(
-        self, catalog: Catalog, settings: Settings, http: httpx.AsyncClient, store: Store
+        self, catalog: Catalog, settings: Settings, http: HTTPClient, store: Store
     ) -> None:
         self.catalog = catalog
         self.settings = settings
