@@ -14,7 +14,7 @@ from core.providers.spec import Catalog, ModelSpec, ProviderSpec
 if TYPE_CHECKING:
     from core.config import Settings
     from core.providers.http import HTTPClient
-    from core.store import Store
+    from core.store import HealthMark, Store
 
 #: Status names shown by ``parley providers`` (the issue's contract).
 STATUS_FOR_KIND = {
@@ -58,6 +58,7 @@ class Registry:
         self.store = store
         self._wires: dict[str, Wire] = {}
         self._health: dict[str, Health] = {}
+        self._marks: tuple[float, dict[str, HealthMark]] = (0.0, {})
 
     # --- lookup -------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -133,8 +134,8 @@ class Registry:
     # --- availability -------------------------------------------------------------------
     def unavailable(self, spec: ProviderSpec) -> ParleyError | None:
         """An error to show instead of calling a provider known to be unusable right now."""
-        mark = self.store.health_marks().get(spec.id)
-        if mark is None:
+        mark = self._pauses().get(spec.id)
+        if mark is None or mark.until <= time.time():
             return None
         kind = ErrorKind.AUTH if mark.status == "auth_failed" else ErrorKind.QUOTA_EXHAUSTED
         left = max(0, int(mark.until - time.time()))
@@ -144,6 +145,16 @@ class Registry:
             f"automatically after that, or run `parley providers --check` once fixed.)",
             provider=spec.id,
         )
+
+    def _pauses(self) -> dict[str, HealthMark]:
+        """Paused providers, re-read from the store at most once a second (it is
+        consulted at every turn start; other processes' pauses show up within 1 s)."""
+        at, marks = self._marks
+        now = time.monotonic()
+        if now - at > 1.0:
+            marks = self.store.health_marks()
+            self._marks = (now, marks)
+        return marks
 
     def report(self, spec: ProviderSpec, error: ParleyError | None) -> None:
         """Feed the outcome of a real call into health: auth/quota failures pause the provider."""
@@ -155,6 +166,7 @@ class Registry:
             status = STATUS_FOR_KIND[error.kind]
             self.store.set_health(spec.id, status, error.message, time.time() + self.settings.cooldown)
             self._health[spec.id] = Health(spec.id, status, error.message, time.time())
+            self._marks = (0.0, {})
 
     async def health(self, spec: ProviderSpec, *, force: bool = False) -> Health:
         """Cached health check: ``GET {base}/models`` (or the wire's equivalent)."""
@@ -170,6 +182,7 @@ class Registry:
             await asyncio.wait_for(wire.check(), timeout=self.settings.connect_timeout + 5)
             status, message = "ok", ""
             self.store.clear_health(spec.id)
+            self._marks = (0.0, {})
         except ParleyError as e:
             status = STATUS_FOR_KIND.get(e.kind, "unreachable" if e.kind in (
                 ErrorKind.UNREACHABLE, ErrorKind.TIMEOUT) else "error")
