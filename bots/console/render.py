@@ -24,6 +24,7 @@ from core.events import (
     TurnStarted,
     to_dict,
 )
+from core.render import summary_markdown
 
 
 async def print_json_events(events: AsyncIterator[Event], out: TextIO = sys.stdout) -> int:
@@ -34,30 +35,6 @@ async def print_json_events(events: AsyncIterator[Event], out: TextIO = sys.stdo
         if isinstance(ev, DiscussionFinished):
             status = ev.status
     return 0 if status == "finished" else 1
-
-
-def summary_lines(ev: DiscussionFinished) -> list[str]:
-    lines = []
-    for t in ev.turns:
-        if t["status"] == "finished":
-            ttft = f"first token {t['ttft_ms'] / 1000:.2f}s, " if t["ttft_ms"] is not None else ""
-            est = " (estimated)" if t["estimated"] else ""
-            lines.append(
-                f"  ✓ {t['label']} [{t['stage']}]: {ttft}{t['latency_ms'] / 1000:.2f}s, "
-                f"{t['input_tokens']}+{t['output_tokens']} tokens{est}, ${t['cost_usd']:.5f}"
-            )
-        else:
-            lines.append(f"  ✗ {t['label']} [{t['stage']}]: {t['error']['kind']}: {t['error']['message']}")
-    tot = ev.total
-    lines.append(
-        f"  total: {tot['turns']} turns ({tot['failed']} failed), {tot['input_tokens']}+"
-        f"{tot['output_tokens']} tokens, ${tot['cost_usd']:.5f}, {tot['wall_ms'] / 1000:.2f}s"
-    )
-    if ev.ranking:
-        lines.append("  ranking: " + ", ".join(f"{r['label']} ({r['score']})" for r in ev.ranking))
-    if ev.message:
-        lines.append("  " + ev.message)
-    return lines
 
 
 async def print_plain(
@@ -100,5 +77,5 @@ async def print_plain(
             err.write(f"✗ {ev.turn.label}: {ev.error['message']}\n")
         elif isinstance(ev, DiscussionFinished):
             status = ev.status
-            err.write("\n".join(summary_lines(ev)) + "\n")
+            err.write(summary_markdown(ev) + "\n")
     return 0 if status == "finished" else 1

@@ -14,7 +14,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from core.errors import ErrorKind, ParleyError
 from core.providers.base import (
     ChatRequest,
     Chunk,
@@ -25,7 +24,7 @@ from core.providers.base import (
     Usage,
     UsageChunk,
 )
-from core.providers.http import get_json, open_stream, vendor_error
+from core.providers.http import get_json, open_stream, truncated, vendor_error
 from core.providers.sse import parse_sse
 
 API_VERSION = "2023-06-01"
@@ -95,12 +94,7 @@ class AnthropicWire:
                     return
                 elif kind == "error" or ev.event == "error":
                     raise vendor_error(self.endpoint, None, obj, model=request.model.id)
-        raise ParleyError(
-            ErrorKind.TRUNCATED,
-            f"{self.endpoint.spec.label} (provider '{self.endpoint.spec.id}') ended the stream "
-            f"before message_stop; the answer may be cut short.",
-            provider=self.endpoint.spec.id,
-        )
+        raise truncated(self.endpoint, "no message_stop")
 
     async def check(self) -> None:
         await get_json(self.endpoint, "/models", self._headers())

@@ -150,6 +150,17 @@ def transport_error(endpoint: Endpoint, exc: BaseException) -> ParleyError:
     )
 
 
+def truncated(endpoint: Endpoint, missing: str) -> ParleyError:
+    """A stream that ended cleanly at the HTTP level but without its terminator."""
+    spec = endpoint.spec
+    return ParleyError(
+        ErrorKind.TRUNCATED,
+        f"{spec.label} (provider '{spec.id}') ended the stream before it was complete "
+        f"({missing}); the answer may be cut short.",
+        provider=spec.id,
+    )
+
+
 @asynccontextmanager
 async def open_stream(
     endpoint: Endpoint,

@@ -30,7 +30,7 @@ from core.providers.base import (
     Usage,
     UsageChunk,
 )
-from core.providers.http import get_json, open_stream, vendor_error
+from core.providers.http import get_json, open_stream, truncated, vendor_error
 from core.providers.sse import parse_sse
 
 
@@ -121,12 +121,7 @@ class OpenAIChatWire:
                         yield TextChunk(content)
                     if choice.get("finish_reason"):
                         finish = choice["finish_reason"]
-        raise ParleyError(
-            ErrorKind.TRUNCATED,
-            f"{self.endpoint.spec.label} (provider '{self.endpoint.spec.id}') ended the stream "
-            f"before it was complete (no [DONE]); the answer may be cut short.",
-            provider=self.endpoint.spec.id,
-        )
+        raise truncated(self.endpoint, "no [DONE]")
 
     async def check(self) -> None:
         await get_json(self.endpoint, "/models", self._headers())
