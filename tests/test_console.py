@@ -94,3 +94,7 @@ async def test_bad_input_and_info_commands(setup) -> None:
     assert "Unknown provider 'nope'" in out
     assert "Providers" in out and "Morgan Castellano" in out and "Usage" in out
     assert "/new" in out
+    lines = out.splitlines()  # one persona per line, not a reflowed paragraph
+    for name in ("Riley Engstrom", "Morgan Castellano", "Alex Vexler"):
+        line = next(ln for ln in lines if name in ln)
+        assert line.lstrip().startswith("•") and "*" not in line

@@ -152,7 +152,7 @@ class ConsoleApp:
             if req.mode is None:
                 from core.info import info_text
 
-                self.console.print(Markdown(_md(await info_text(self.services, req.command))))
+                self.console.print(_styled(await info_text(self.services, req.command)))
                 if req.command == "help":
                     for k, v in CONTROL.items():
                         self.console.print(f"  {k} — {v}")
@@ -182,11 +182,15 @@ class ConsoleApp:
         return result
 
 
-def _md(text: str) -> str:
-    """Chat-style ``*bold*`` to Markdown ``**bold**`` for the terminal."""
+def _styled(text: str) -> str:
+    """Chat-style ``*bold*`` and ```code``` as rich markup, line breaks kept."""
     import re
 
-    return re.sub(r"(?<![\w*])\*([^*\n]+)\*(?![\w*])", r"**\1**", text)
+    from rich.markup import escape
+
+    text = escape(text)
+    text = re.sub(r"(?<![\w*])\*([^*\n]+)\*(?![\w*])", r"[bold]\1[/bold]", text)
+    return re.sub(r"`([^`\n]+)`", r"[cyan]\1[/cyan]", text)
 
 
 async def repl(services: Services, console: Console, lines: Sequence[str] | None = None) -> int:
