@@ -72,22 +72,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def load_front_end(name: str, attr: str = "main"):  # type: ignore[no-untyped-def]
+    """Import ``bots.<name>.app`` (or ``bots.run``); a missing front-end is a clear usage error."""
+    import importlib
+
+    module = "bots.run" if name == "run" else f"bots.{name}.app"
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("bots."):
+            raise UsageError(
+                f"The {name} front-end is not available in this build ({module} is missing). "
+                f"Use `parley console` or the one-shot commands (`parley ask ...`)."
+            ) from None
+        raise
+
+
 def _front_end(name: str, rest: list[str]) -> int:
-    if name == "run":
-        from bots.run import main as run_main
-
-        return run_main(rest)
-    if name == "console":
-        from bots.console.app import main as console_main
-
-        return console_main(rest)
-    if name == "slack":
-        from bots.slack.app import main as slack_main
-
-        return slack_main(rest)
-    from bots.discord.app import main as discord_main
-
-    return discord_main(rest)
+    return int(load_front_end(name)(rest))
 
 
 async def _run(cmd: str, args: argparse.Namespace) -> int:

@@ -20,10 +20,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         chat.append("slack")
     if settings.discord_token is not None:
         chat.append("discord")
-    if not chat:
-        from bots.console.app import main as console_main
+    from bots.cli import load_front_end
 
-        return console_main(argv)
+    if not chat:
+        return int(load_front_end("console")(argv))
+    serves = {name: load_front_end(name, "serve") for name in chat}  # fail before starting any
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -31,16 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from core.services import build_services
 
         async with build_services(settings) as services:
-            tasks = []
-            if "slack" in chat:
-                from bots.slack.app import serve as slack_serve
-
-                tasks.append(slack_serve(services, settings))
-            if "discord" in chat:
-                from bots.discord.app import serve as discord_serve
-
-                tasks.append(discord_serve(services, settings))
-            await asyncio.gather(*tasks)
+            await asyncio.gather(*(serve(services, settings) for serve in serves.values()))
 
     print(f"parley: starting {' and '.join(chat)} (Ctrl-C to stop)")
     try:
