@@ -87,6 +87,7 @@ class Run:
         self.ranking: list[dict[str, object]] | None = None
         self.message: str | None = None
         self.failed_hard = False
+        self.past: list[PastDiscussion] | None = None
 
 
 class Engine:
@@ -163,12 +164,14 @@ class Engine:
         return min(request.max_tokens or self.settings.max_tokens, panelist.model.max_output)
 
     # --- context -------------------------------------------------------------------
-    def history(self, conversation: str | None, panelist: Panelist, budget_chars: int) -> list[Message]:
+    def history(self, run: Run, panelist: Panelist, budget_chars: int) -> list[Message]:
         """Earlier exchanges of the conversation, newest kept first within the budget."""
-        if not conversation:
+        if not run.conversation:
             return []
+        if run.past is None:  # read once per discussion, not once per panelist
+            run.past = self.store.history(run.conversation)
         pairs: list[tuple[str, str]] = []
-        for past in self.store.history(conversation):
+        for past in run.past:
             answer = _past_answer(past, panelist)
             if answer:
                 pairs.append((past.prompt, answer))
@@ -389,7 +392,7 @@ class Engine:
 
     def first_turn(self, run: Run, panelist: Panelist) -> TurnSpec:
         budget = self.context_budget(panelist, run.request)
-        return TurnSpec(panelist, run.request.prompt, self.history(run.conversation, panelist, budget))
+        return TurnSpec(panelist, run.request.prompt, self.history(run, panelist, budget))
 
     async def fallback(self, run: Run, panelist: Panelist) -> AsyncIterator[Event]:
         """``ask`` only: an unavailable provider hands over to PARLEY_FALLBACK_PROVIDER."""
