@@ -99,3 +99,13 @@ def m003_posts(db: sqlite_utils.Database) -> None:
     )
     db.table("posts").create_index(["front_end", "open"])
     db.table("posts").create_index(["turn_id"])
+
+
+@migration
+def m004_post_text_and_meta(db: sqlite_utils.Database) -> None:
+    # The text a platform message last showed, so that a restart can re-edit it
+    # with an "interrupted" note without losing what the reader had already seen.
+    db.table("posts").add_column("text", str)
+    # Small facts a front-end keeps across restarts (e.g. the hash of the command
+    # table last synced to Discord, so commands sync only when they changed).
+    db.table("meta").create({"key": str, "value": str, "updated_at": str}, pk="key")

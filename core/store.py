@@ -296,5 +296,17 @@ class Store:
         if ids:
             self.db.execute(f"update posts set open = 0 where id in ({','.join('?' * len(ids))})", ids)
 
+    def update_post_text(self, post_id: int, text: str) -> None:
+        """Remember what an open platform message shows now (for the restart note)."""
+        self.db.execute("update posts set text = ? where id = ?", [redact(text), post_id])
+
     def open_posts(self, front_end: str) -> list[dict[str, Any]]:
         return list(self.db.table("posts").rows_where("front_end = ? and open = 1", [front_end]))
+
+    # --- small facts kept across restarts ------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        rows = list(self.db.query("select value from meta where key = ?", [key]))
+        return rows[0]["value"] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.table("meta").upsert({"key": key, "value": value, "updated_at": now_iso()}, pk="key")
