@@ -56,6 +56,12 @@ class RateLimited(Exception):
         self.retry_after = retry_after
 
 
+class MessageClosed(Exception):
+    """Raised by a sink when a message can no longer be edited (a Slack stream that
+    expired, a message deleted by a moderator). The renderer ends that message at what
+    it last showed and carries the rest of the text into a new message."""
+
+
 class TokenBucket:
     """An async token bucket with prioritised waiters (lower priority value first).
 
@@ -92,6 +98,14 @@ class TokenBucket:
             self.granted += 1
             return True
         return False
+
+    def available(self) -> bool:
+        """Whether a token could be granted right now without waiting (does not take it)."""
+        now = time.monotonic()
+        if now < self.paused_until or self._waiters:
+            return False
+        self._refill(now)
+        return self.tokens >= 1
 
     async def acquire(self, priority: float = 1.0) -> None:
         if not self._waiters and self._try_take():
@@ -160,6 +174,20 @@ class Sink(Protocol):
         ...
 
 
+def budget_for(sink: Sink, ref: Any, frame: Frame) -> TokenBucket:
+    """The bucket the next operation on a message draws from.
+
+    A sink whose platform offers several ways to write a message (Slack: post and
+    update, or a native stream) may define ``budget(ref, frame)`` to choose per
+    operation; otherwise posts use ``post_budget`` and edits ``edit_budget``.
+    """
+    choose = getattr(sink, "budget", None)
+    if choose is not None:
+        bucket: TokenBucket = choose(ref, frame)
+        return bucket
+    return sink.post_budget if ref is None else sink.edit_budget
+
+
 # --- safe split points ---------------------------------------------------------------
 
 _FENCE = re.compile(r"^\s*```(.*)$", re.M)
@@ -202,7 +230,9 @@ class _Msg:
     ref: Any = None
     sent: str | None = None  # display text last sent
     sent_state: State | None = None
+    sent_raw: int = 0  # characters of the answer this message showed when last sent
     fence_in: str | None = None  # fence info string reopened at the top of this message
+    closed: bool = False  # the platform no longer accepts edits to this message
 
 
 @dataclass(slots=True)
@@ -398,6 +428,8 @@ class Renderer:
         self._frames(view)
         final = view.final is not None
         for idx, msg in enumerate(view.msgs):
+            if msg.closed:
+                continue
             frame = self._display(view, msg, idx)
             if msg.sent == frame.text and msg.sent_state == frame.state:
                 continue
@@ -409,10 +441,10 @@ class Renderer:
 
     async def _op(self, view: _View, msg: _Msg, frame: Frame, urgent: bool) -> bool:
         creating = msg.ref is None
-        bucket = self.sink.post_budget if creating else self.sink.edit_budget
         # Finals and rollovers first; otherwise the message that waited longest.
         priority = 0.0 if urgent else 1.0 + view.last_flush / 1e6
         for attempt in range(self.max_op_retries):
+            bucket = budget_for(self.sink, msg.ref, frame)
             await bucket.acquire(priority)
             try:
                 if creating:
@@ -422,8 +454,11 @@ class Renderer:
                 else:
                     await self.sink.edit(msg.ref, frame)
                 self.ops += 1
-                msg.sent, msg.sent_state = frame.text, frame.state
+                msg.sent, msg.sent_state, msg.sent_raw = frame.text, frame.state, len(frame.raw)
                 return True
+            except MessageClosed:
+                self._reopen(view, msg)
+                return False
             except RateLimited as rl:
                 self.rate_limited += 1
                 bucket.pause(rl.retry_after)
@@ -434,12 +469,29 @@ class Renderer:
         view.dirty.set()  # try again on the next flush rather than drop the text
         return False
 
+    def _reopen(self, view: _View, msg: _Msg) -> None:
+        """``msg`` can no longer be edited: it keeps what it showed, the rest moves to a new message."""
+        msg.closed = True
+        if self.on_done and msg.ref is not None:
+            self.on_done(view.turn, msg.ref)
+        cut = msg.start + msg.sent_raw
+        text = view.text()
+        end = msg.end if msg.end is not None else None
+        if end is not None and cut >= end:
+            return  # everything this message was meant to carry is already shown
+        msg.end = cut
+        idx = view.msgs.index(msg)
+        view.msgs.insert(idx + 1, _Msg(cut, end=end, fence_in=_open_fence_at(text, cut)))
+        view.dirty.set()
+
 
 def summary_markdown(ev: DiscussionFinished) -> str:
     """The closing message of a discussion: time, tokens and cost per turn, and the total."""
     lines = []
     for t in ev.turns:
-        stage = f" · {t['stage']}" + (f" {t['round']}" if t["round"] else "") if t["stage"] != "answer" else ""
+        stage = (
+            f" · {t['stage']}" + (f" {t['round']}" if t["round"] else "") if t["stage"] != "answer" else ""
+        )
         if t["status"] == "finished":
             ttft = f"{t['ttft_ms'] / 1000:.1f}s to first token, " if t["ttft_ms"] is not None else ""
             est = " (est.)" if t["estimated"] else ""

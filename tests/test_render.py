@@ -18,12 +18,18 @@ from core.events import (
     TurnStarted,
     TurnUsage,
 )
-from core.render import Frame, RateLimited, Renderer, TokenBucket, split_point
+from core.render import Frame, MessageClosed, RateLimited, Renderer, TokenBucket, split_point
 
 
 class RecordingSink:
-    def __init__(self, limit: int = 200, rate: float = 1000.0, burst: float = 1000.0,
-                 min_interval: float = 0.0, fail_every: int = 0) -> None:
+    def __init__(
+        self,
+        limit: int = 200,
+        rate: float = 1000.0,
+        burst: float = 1000.0,
+        min_interval: float = 0.0,
+        fail_every: int = 0,
+    ) -> None:
         self.limit = limit
         self.min_interval = min_interval
         self.post_budget = TokenBucket(rate, burst)
@@ -66,15 +72,16 @@ def info(tid: str) -> TurnInfo:
     return TurnInfo(turn_id=tid, provider="p", provider_label="P", model="m")
 
 
-async def events_for(texts: dict[str, str], *, chunk: int = 7, fail: set[str] = frozenset(),
-                     delay: float = 0.0) -> AsyncIterator[Event]:
+async def events_for(
+    texts: dict[str, str], *, chunk: int = 7, fail: set[str] = frozenset(), delay: float = 0.0
+) -> AsyncIterator[Event]:
     for tid in texts:
         yield TurnStarted(info(tid))
     pos = {tid: 0 for tid in texts}
     while any(pos[t] < len(texts[t]) for t in texts):
         for tid, text in texts.items():
             if pos[tid] < len(text):
-                yield TextDelta(tid, text[pos[tid]: pos[tid] + chunk])
+                yield TextDelta(tid, text[pos[tid] : pos[tid] + chunk])
                 pos[tid] += chunk
         if delay:
             await asyncio.sleep(delay)
@@ -207,3 +214,51 @@ async def test_many_limits_roundtrip(limit: int) -> None:
     sink = RecordingSink(limit=limit)
     await Renderer(sink).consume(events_for({"a": text}, chunk=11))
     assert sink.turn_text("a") == text
+
+
+class ExpiringSink(RecordingSink):
+    """Each message accepts ``life`` edits, then says it can no longer be edited
+    (a Slack stream past its ~5 minute life)."""
+
+    def __init__(self, life: int, **kw) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(**kw)
+        self.life = life
+        self.edits: dict[int, int] = {}
+        self.stream_budget = TokenBucket(1000.0, 1000.0)
+        self.routed: list[str] = []
+
+    def budget(self, ref, frame):  # type: ignore[no-untyped-def]
+        self.routed.append("post" if ref is None else "edit")
+        return self.stream_budget
+
+    async def edit(self, ref: int, frame: Frame) -> None:
+        self.edits[ref] = self.edits.get(ref, 0) + 1
+        if self.edits[ref] > self.life:
+            raise MessageClosed()
+        await super().edit(ref, frame)
+
+
+async def test_a_closed_message_keeps_what_it_showed_and_the_rest_continues_below() -> None:
+    from core.render import MessageClosed  # noqa: F401  (the sink above raises it)
+
+    text = "".join(f"word{i} " for i in range(300))
+    sink = ExpiringSink(life=3, limit=10_000, min_interval=0.0)
+    r = Renderer(sink)
+    await r.consume(events_for({"t": text}, chunk=9, delay=0.001))
+    parts = [f for _, f in sorted(sink.messages.items())]
+    assert len(parts) > 1, "the expiring message must have continued in a new one"
+    assert sink.turn_text("t") == text  # nothing lost, nothing repeated
+    assert parts[-1].state == "done"
+    assert r.lost_ops == 0
+    # every operation drew from the bucket the sink chose
+    assert sink.routed.count("post") == len(parts) and sink.stream_budget.granted == len(sink.routed)
+
+
+async def test_bucket_available_peeks_without_taking() -> None:
+    b = TokenBucket(0.001, 1)
+    assert b.available() and b.available()
+    await b.acquire()
+    assert not b.available()
+    b2 = TokenBucket(1000, 1)
+    b2.pause(10)
+    assert not b2.available()

@@ -1,0 +1,77 @@
+"""Model markdown -> what Slack renders.
+
+Models write CommonMark; ``chat.postMessage``/``chat.update`` ``text`` is Slack's
+*mrkdwn* (https://api.slack.com/reference/surfaces/formatting): ``*bold*``,
+``_italic_``, ``~strike~``, ``<url|label>``, no headings, and ``&``, ``<``, ``>``
+must be escaped. Native streams (``chat.startStream``/``appendStream``) take
+``markdown_text`` and render CommonMark themselves, so they skip this.
+"""
+
+from __future__ import annotations
+
+import re
+
+_FENCE = re.compile(r"^(\s*)```[^\n`]*$")
+_INLINE_CODE = re.compile(r"(`+)(.+?)\1")
+_BOLD = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
+_ITALIC = re.compile(r"(?<![\w*])\*(?=[^\s*])([^*\n]+?)(?<=\S)\*(?![\w*])")
+_STRIKE = re.compile(r"~~(?=\S)(.+?)(?<=\S)~~")
+_LINK = re.compile(r"\[([^\]\n]+)\]\((https?://[^\s)]+)\)")
+_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$")
+_BULLET = re.compile(r"^(\s*)[-*+]\s+(?=\S)")
+_RULE = re.compile(r"^\s{0,3}([-*_])(\s*\1){2,}\s*$")
+
+_BOLD_MARK = "\x00B\x00"  # placeholder so italics do not re-read converted bold
+
+
+def escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _inline(line: str) -> str:
+    # Keep inline code verbatim; convert the prose around it.
+    out, pos = [], 0
+    for m in _INLINE_CODE.finditer(line):
+        out.append(_prose(line[pos : m.start()]))
+        out.append("`" + m.group(2) + "`")
+        pos = m.end()
+    out.append(_prose(line[pos:]))
+    return "".join(out)
+
+
+def _prose(s: str) -> str:
+    s = _LINK.sub(lambda m: f"<{m.group(2)}|{m.group(1)}>", s)
+    s = _BOLD.sub(lambda m: _BOLD_MARK + m.group(2) + _BOLD_MARK, s)
+    s = _ITALIC.sub(lambda m: "_" + m.group(1) + "_", s)
+    s = _STRIKE.sub(lambda m: "~" + m.group(1) + "~", s)
+    return s.replace(_BOLD_MARK, "*")
+
+
+def to_mrkdwn(markdown: str) -> str:
+    """Convert CommonMark (as models write it) to Slack mrkdwn, leaving code untouched."""
+    lines = escape(markdown).split("\n")
+    out: list[str] = []
+    in_code = False
+    for line in lines:
+        m = _FENCE.match(line)
+        if m:
+            # Slack ignores the info string and would show it as code text.
+            out.append(m.group(1) + "```")
+            in_code = not in_code
+            continue
+        if in_code:
+            out.append(line)
+            continue
+        if _RULE.match(line):
+            out.append("───")
+            continue
+        h = _HEADING.match(line)
+        if h:
+            title = _inline(h.group(1)).strip("*")
+            out.append(f"*{title}*")
+            continue
+        b = _BULLET.match(line)
+        if b:
+            line = f"{b.group(1)}• " + line[b.end() :]
+        out.append(_inline(line))
+    return "\n".join(out)

@@ -1,0 +1,544 @@
+"""The Slack front-end end to end: the real bolt ``AsyncApp`` in HTTP mode receives
+signed slash commands and events over HTTP; its Web API calls go to a loopback fake
+of Slack; the providers are the fake LLM server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlencode
+
+import aiohttp
+import pytest
+from aiohttp import web
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bots.slack.app import SlackFront, check_tokens
+from bots.slack.format import to_mrkdwn
+from bots.slack.manifest import manifest, slash_commands
+from bots.slack.sink import WorkspaceBudgets
+from core.commands import COMMANDS
+from core.config import Settings
+from core.errors import UsageError
+from core.services import Services, build_services
+from tests.fakes import vendor_errors as ve
+from tests.fakes.llm_server import FakeLLMServer, Scenario
+from tests.fakes.slack_api import FakeSlackAPI, Message, sign
+
+PROVIDERS = ("one", "two", "three")
+
+
+def bot_token() -> str:
+    return "xoxb-" + "-".join(secrets.token_hex(6) for _ in range(3))
+
+
+@dataclass
+class Rig:
+    services: Services
+    llm: FakeLLMServer
+    slack: FakeSlackAPI
+    front: SlackFront
+    url: str
+    secret: str
+    http: aiohttp.ClientSession
+
+    async def slash(
+        self,
+        command: str,
+        text: str,
+        *,
+        channel: str = "C1",
+        user: str = "U1",
+        timestamp: int | None = None,
+        secret: str | None = None,
+    ) -> tuple[int, str]:
+        body = urlencode(
+            {
+                "token": "legacy",
+                "team_id": "T0TEST",
+                "team_domain": "parley-test",
+                "channel_id": channel,
+                "channel_name": "general",
+                "user_id": user,
+                "user_name": "ada",
+                "command": command,
+                "text": text,
+                "api_app_id": "A0TEST",
+                "response_url": self.slack.response_url,
+                "trigger_id": "1.2.3",
+            }
+        )
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            **sign(secret or self.secret, body, timestamp),
+        }
+        async with self.http.post(self.url, data=body, headers=headers) as r:
+            return r.status, await r.text()
+
+    async def event(self, event: dict[str, object], *, event_id: str | None = None, retry: int = 0) -> int:
+        body = json.dumps(
+            {
+                "token": "legacy",
+                "team_id": "T0TEST",
+                "api_app_id": "A0TEST",
+                "type": "event_callback",
+                "event_id": event_id or "Ev" + secrets.token_hex(4),
+                "event_time": int(time.time()),
+                "authorizations": [{"team_id": "T0TEST", "user_id": "UBOT", "is_bot": True}],
+                "event": event,
+            }
+        )
+        headers = {"Content-Type": "application/json", **sign(self.secret, body)}
+        if retry:
+            headers |= {"X-Slack-Retry-Num": str(retry), "X-Slack-Retry-Reason": "http_timeout"}
+        async with self.http.post(self.url, data=body, headers=headers) as r:
+            return r.status
+
+    async def discuss(self, command: str, text: str, **kw: object) -> tuple[Message, list[Message]]:
+        """Run a slash-command discussion to the end; return the parent and its thread."""
+        before = self.front.spawned
+        status, body = await self.slash(command, text, **kw)  # type: ignore[arg-type]
+        assert status == 200 and body == "", body
+        await self.front.idle(before + 1)
+        parent = self.slack.parents()[-1]
+        return parent, self.slack.thread(parent.channel, parent.ts)
+
+
+def body_of(m: Message) -> str:
+    """A reply's text without its label line (and the streaming ellipsis)."""
+    return m.text.split("\n\n", 1)[1] if "\n\n" in m.text else ""
+
+
+@pytest.fixture
+async def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Rig]:
+    async with FakeLLMServer() as llm:
+        cfg = tmp_path / "p.toml"
+        cfg.write_text(
+            "".join(
+                f'[providers.{p}]\nlabel = "{p}"\nbase_url = "{llm.base_url}"\nkey_env = "K_{p.upper()}"\n'
+                f'default_model = "{p}-m"\n'
+                + (
+                    'auth_hint = "Keys are bound to a region: use the base URL of your key\'s region."\n'
+                    if p == "two"
+                    else ""
+                )
+                + f'[providers.{p}.models."{p}-m"]\ninput = 1.0\noutput = 2.0\n'
+                for p in PROVIDERS
+            )
+        )
+        monkeypatch.setenv("PARLEY_CONFIG", str(cfg))
+        for p in PROVIDERS:
+            monkeypatch.setenv(f"K_{p.upper()}", "k-" + secrets.token_hex(8))
+        token, secret = bot_token(), secrets.token_hex(16)
+        async with FakeSlackAPI(bot_token=token) as slack:
+            services = build_services(Settings())
+            client = AsyncWebClient(token=token, base_url=slack.base_url)
+            front = SlackFront(services, client, signing_secret=secret)
+            await front.start()
+            runner = web.AppRunner(front.web_app())
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            async with aiohttp.ClientSession() as http:
+                try:
+                    yield Rig(
+                        services, llm, slack, front, f"http://127.0.0.1:{port}/slack/events", secret, http
+                    )
+                finally:
+                    await front.shutdown()
+                    await runner.cleanup()
+                    await services.aclose()
+
+
+def answer(n: int, seed: str) -> str:
+    return " ".join(f"{seed}{i}" + ("." if i % 9 == 8 else "") for i in range(n))
+
+
+# --- the happy path -------------------------------------------------------------------------------
+async def test_compare_streams_each_turn_into_the_thread_and_summarises(rig: Rig) -> None:
+    texts = {p: answer(60, p) for p in PROVIDERS}
+    for p in PROVIDERS:
+        rig.llm.scenarios[f"{p}-m"] = Scenario(text=texts[p], chunk_chars=7, chunk_delay=0.002)
+    parent, thread = await rig.discuss("/compare", "providers:one,two,three personas:riley Where to launch?")
+    assert "<@U1> asked" in parent.text and "compare" in parent.text and "Where to launch?" in parent.text
+    replies = [m for m in thread if "`" in m.text.split("\n", 1)[0]]
+    assert len(replies) == 3
+    for p in PROVIDERS:
+        (m,) = [m for m in replies if f"`{p}/{p}-m`" in m.text]
+        assert "Riley Engstrom" in m.text.split("\n", 1)[0]
+        assert body_of(m) == texts[p]  # the final text in Slack is exactly what the provider streamed
+        assert not m.streaming
+    summary = thread[-1].text
+    assert "Total" in summary and "3 turns (0 failed)" in summary and "$" in summary
+    # Light load: every reply used a native stream (one start, appends, one stop).
+    assert len(rig.slack.called("chat.startStream")) == 3
+    assert len(rig.slack.called("chat.stopStream")) == 3
+    assert not rig.slack.called("chat.update")
+    starts = rig.slack.called("chat.startStream")
+    assert all(
+        c.args["recipient_user_id"] == "U1" and c.args["recipient_team_id"] == "T0TEST" for c in starts
+    )
+    # Nothing is left open for a restart to find.
+    assert rig.services.store.open_posts("slack") == []
+
+
+async def test_replies_fall_back_to_post_and_update_when_the_stream_budget_is_spent(rig: Rig) -> None:
+    budgets = rig.front.budgets("T0TEST")
+    for _ in range(int(budgets["chat.startStream"].capacity)):
+        await budgets["chat.startStream"].acquire()
+    text = answer(40, "w") + "\n\n**Bold** and [a link](https://example.com/x?a=1&b=2)"
+    for p in PROVIDERS:
+        rig.llm.scenarios[f"{p}-m"] = Scenario(text=text, chunk_chars=5, chunk_delay=0.002)
+    _, thread = await rig.discuss("/compare", "providers:one,two What now?")
+    assert not rig.slack.called("chat.startStream")
+    replies = [m for m in thread if m.kind == "message" and "`one/" in m.text or "`two/" in m.text]
+    assert len(replies) == 2
+    for m in replies:
+        assert body_of(m) == to_mrkdwn(text)  # converted to what Slack renders
+        assert "*Bold*" in m.text and "<https://example.com/x?a=1&amp;b=2|a link>" in m.text
+
+
+async def test_a_rate_limited_update_is_retried_after_retry_after_and_loses_nothing(rig: Rig) -> None:
+    rig.front.budgets("T0TEST").streams_enabled = False
+    rig.slack.retry_after = 1
+    rig.slack.ratelimit_next["chat.update"] = 2
+    text = answer(50, "r")
+    rig.llm.scenarios["one-m"] = Scenario(text=text, chunk_chars=4, chunk_delay=0.01)
+    _, thread = await rig.discuss("/ask", "provider:one Tell me")
+    limited = [c for c in rig.slack.called("chat.update") if c.status == 429]
+    assert len(limited) == 2
+    ok = [c for c in rig.slack.called("chat.update") if c.status == 200]
+    assert ok and ok[0].t - limited[-1].t >= 0.9  # Retry-After honoured
+    (reply,) = [m for m in thread if "`one/" in m.text]
+    assert body_of(reply) == text
+
+
+async def test_long_replies_roll_over_below_slacks_limit(rig: Rig) -> None:
+    text = "\n\n".join(answer(80, f"p{i}_") for i in range(24))  # ~11k characters
+    rig.llm.scenarios["one-m"] = Scenario(text=text, chunk_chars=40)
+    _, thread = await rig.discuss("/ask", "provider:one Write a lot")
+    parts = [m for m in thread if "`one/" in m.text]
+    assert len(parts) >= 3
+    assert all(len(m.text) <= 4000 for m in parts)
+    assert "(part 2)" in parts[1].text
+    assert "".join(body_of(m) for m in parts) == text
+
+
+async def test_an_expired_stream_continues_in_a_new_message_without_losing_text(rig: Rig) -> None:
+    text = answer(120, "x")
+    rig.llm.scenarios["one-m"] = Scenario(text=text, chunk_chars=6, chunk_delay=0.01)
+    before = rig.front.spawned
+    await rig.slash("/ask", "provider:one Stream for a while")
+    await rig.slack.wait_for(lambda: len(rig.slack.called("chat.appendStream")) >= 1)
+    assert rig.slack.expire_streams() == 1  # Slack ends the stream under our feet
+    await rig.front.idle(before + 1)
+    parent = rig.slack.parents()[-1]
+    parts = [m for m in rig.slack.thread(parent.channel, parent.ts) if "`one/" in m.text]
+    assert len(parts) == 2 and parts[0].expired
+    assert body_of(parts[0]) + body_of(parts[1]) == text
+    assert any(c.error == "message_not_in_streaming_state" for c in rig.slack.calls)
+
+
+async def test_consensus_shows_its_stages_in_the_thread(rig: Rig) -> None:
+    for p in PROVIDERS:
+        rig.llm.scenarios[f"{p}-m"] = Scenario(text=f"Answer from {p}. RANKING: A, B, C")
+    _, thread = await rig.discuss("/consensus", "providers:one,two,three moderator:one Decide")
+    texts = [m.text for m in thread]
+    stage_titles = [t for t in texts if t.startswith("*") and "\n" not in t]
+    assert len(stage_titles) >= 3  # answers, reviews, synthesis
+    assert "Total" in texts[-1]
+
+
+# --- failures -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("scenario", "expected"),
+    [
+        (Scenario(http_error=ve.openai_insufficient_quota()), "quota"),
+        (Scenario(http_error=ve.moonshot_invalid_auth()), "region"),
+        (Scenario(http_error=ve.openai_rate_limited(retry_after_ms=10)), "rate"),
+        (
+            Scenario(text="partial answer that stops", drop_after_chunks=3, chunk_chars=5),
+            "before the answer was complete",
+        ),
+        (Scenario(text="never ends", no_terminator=True), "before it was complete"),
+    ],
+    ids=["quota", "auth-region", "rate-limit", "dropped", "truncated"],
+)
+async def test_a_failed_turn_says_why_in_its_own_message_and_the_rest_continue(
+    rig: Rig, scenario: Scenario, expected: str
+) -> None:
+    rig.llm.scenarios["one-m"] = Scenario(text="The healthy answer.")
+    rig.llm.scenarios["two-m"] = scenario
+    _, thread = await rig.discuss("/compare", "providers:one,two Go")
+    (ok,) = [m for m in thread if "`one/" in m.text]
+    (bad,) = [m for m in thread if "`two/" in m.text]
+    assert body_of(ok) == "The healthy answer."
+    assert "⚠️" in bad.text and expected in bad.text.lower(), bad.text
+    assert not bad.streaming
+    assert "1 failed" in thread[-1].text
+
+
+async def test_a_timed_out_turn_says_so(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    await rig.services.aclose()
+    monkeypatch.setenv("PARLEY_READ_TIMEOUT", "0.3")
+    monkeypatch.setenv("PARLEY_RETRY_ATTEMPTS", "1")
+    rig.front.services = build_services(Settings())
+    rig.services = rig.front.services
+    rig.llm.scenarios["one-m"] = Scenario(hang=True)
+    _, thread = await rig.discuss("/ask", "provider:one Hello?")
+    (bad,) = [m for m in thread if "`one/" in m.text]
+    assert "⚠️" in bad.text and "time" in bad.text.lower(), bad.text
+
+
+async def test_bad_commands_get_an_ephemeral_fix_and_touch_nothing(rig: Rig) -> None:
+    calls = len(rig.slack.calls)
+    status, body = await rig.slash("/compare", "providers:one,twoo Price?")
+    assert status == 200 and "twoo" in body and "two" in body  # suggestion
+    status, body = await rig.slash("/ask", "persona:rilley Hi")
+    assert "riley" in body.lower()
+    status, body = await rig.slash("/ask", "")
+    assert "needs a question" in body
+    status, body = await rig.slash("/ask", "x" * 9000)
+    assert "9,000" in body and "PARLEY_MAX_PROMPT_CHARS" in body
+    assert not [c for c in rig.slack.calls[calls:] if c.method.startswith("chat.")]  # nothing was posted
+
+
+async def test_info_commands_answer_ephemerally_via_the_response_url(rig: Rig) -> None:
+    before = rig.front.spawned
+    for cmd, text in (("/personas", ""), ("/parley", "providers"), ("/parley", "")):
+        status, _ = await rig.slash(cmd, text)
+        assert status == 200
+    await rig.front.idle(before + 3)
+    out = [r["text"] for r in rig.slack.responses]
+    assert all(r["response_type"] == "ephemeral" for r in rig.slack.responses)
+    assert any("Riley Engstrom" in t for t in out)
+    assert any("one" in t and "two" in t for t in out)
+    assert any("/compare" in t for t in out)
+
+
+async def test_a_channel_the_bot_is_not_in_gets_a_clear_ephemeral_reply(rig: Rig) -> None:
+    rig.slack.fail_next["chat.postMessage"] = "not_in_channel"
+    before = rig.front.spawned
+    await rig.slash("/ask", "provider:one Hi")
+    await rig.front.idle(before + 1)
+    assert "/invite @Parley" in rig.slack.responses[-1]["text"]
+
+
+# --- requests that must be refused ------------------------------------------------------------------------
+async def test_bad_signatures_and_stale_timestamps_are_rejected_with_no_api_call(rig: Rig) -> None:
+    calls = len(rig.slack.calls)
+    status, _ = await rig.slash("/ask", "provider:one Hi", secret="not-the-secret")
+    assert status == 401
+    status, _ = await rig.slash("/ask", "provider:one Hi", timestamp=int(time.time()) - 6 * 60)
+    assert status == 401
+    await asyncio.sleep(0.1)
+    assert len(rig.slack.calls) == calls and rig.front.spawned == 0
+
+
+# --- mentions, follow-ups, direct messages -----------------------------------------------------------------
+async def test_mention_answers_in_a_thread_and_a_mention_in_the_thread_follows_up(rig: Rig) -> None:
+    rig.llm.scenarios["one-m"] = Scenario(text="Launch on Tuesday.")
+    mention = {
+        "type": "app_mention",
+        "user": "U1",
+        "text": "<@UBOT> ask provider:one When to launch?",
+        "ts": "1800000100.000100",
+        "channel": "C2",
+        "event_ts": "1800000100.000100",
+    }
+    await rig.event(mention, event_id="Ev1")
+    await rig.event(mention, event_id="Ev1", retry=1)  # Slack's retry of the same event
+    await rig.front.idle(1)
+    thread = rig.slack.thread("C2", "1800000100.000100")
+    assert [body_of(m) for m in thread if "`one/" in m.text] == ["Launch on Tuesday."]
+    assert rig.front.spawned == 1  # the retry was deduplicated
+
+    rig.llm.scenarios["one-m"] = Scenario(text="Because Tuesday has the most traffic.", echo=False)
+    follow = {
+        "type": "app_mention",
+        "user": "U1",
+        "text": "<@UBOT> why then?",
+        "ts": "1800000200.000100",
+        "thread_ts": "1800000100.000100",
+        "channel": "C2",
+        "event_ts": "1800000200.000100",
+    }
+    await rig.event(follow)
+    await rig.front.idle(2)
+    req = rig.llm.requests_for("one-m")[-1]
+    history = json.dumps(req.body)
+    assert "Launch on Tuesday." in history and "When to launch?" in history and "why then?" in history
+    thread = rig.slack.thread("C2", "1800000100.000100")
+    assert body_of([m for m in thread if "`one/" in m.text][-1]) == "Because Tuesday has the most traffic."
+
+
+async def test_direct_messages_work_and_the_bots_own_messages_and_edits_are_ignored(rig: Rig) -> None:
+    rig.llm.scenarios["one-m"] = Scenario(text="Hello from a DM.")
+    dm = {
+        "type": "message",
+        "channel_type": "im",
+        "user": "U1",
+        "text": "provider:one hi",
+        "ts": "1800000300.000100",
+        "channel": "D1",
+        "event_ts": "1800000300.000100",
+    }
+    await rig.event(dm)
+    await rig.event({**dm, "ts": "1800000301.0001", "bot_id": "BBOT", "user": "UBOT"})
+    await rig.event({**dm, "ts": "1800000302.0001", "subtype": "message_changed"})
+    await rig.front.idle(1)
+    await asyncio.sleep(0.05)
+    assert rig.front.spawned == 1
+    thread = rig.slack.thread("D1", "1800000300.000100")
+    assert [body_of(m) for m in thread if "`one/" in m.text] == ["Hello from a DM."]
+
+
+async def test_a_bad_mention_gets_an_ephemeral_reply(rig: Rig) -> None:
+    await rig.event(
+        {
+            "type": "app_mention",
+            "user": "U1",
+            "text": "<@UBOT> compare providers:nope Hi",
+            "ts": "1800000400.000100",
+            "channel": "C3",
+            "event_ts": "1800000400.000100",
+        }
+    )
+    await rig.front.idle(1)
+    (eph,) = rig.slack.ephemeral
+    assert eph["user"] == "U1" and "nope" in eph["text"] and eph["thread_ts"] == "1800000400.000100"
+
+
+# --- restart ----------------------------------------------------------------------------------------------
+async def test_a_restart_marks_every_open_message_interrupted(rig: Rig) -> None:
+    rig.llm.scenarios["one-m"] = Scenario(text=answer(200, "s"), chunk_chars=5, chunk_delay=0.05)
+    rig.llm.scenarios["two-m"] = Scenario(text=answer(200, "t"), chunk_chars=5, chunk_delay=0.05)
+    rig.front.budgets("T0TEST").limits  # noqa: B018  (budgets exist before the run)
+    await rig.slash("/compare", "providers:one,two Long one")
+    await rig.slack.wait_for(
+        lambda: sum(1 for m in rig.slack.messages.values() if m.thread_ts and len(m.text) > 200) >= 2
+    )
+    # The process dies: tasks vanish without cleaning up.
+    for t in list(rig.front.tasks):
+        t.cancel()
+    await asyncio.gather(*rig.front.tasks, return_exceptions=True)
+    # (a crash would not even run the cancellation handlers; reopen the posts they closed)
+    store = rig.services.store
+    store.db.execute("update posts set open = 1")
+    store.db.execute("update discussions set status = 'running'")
+    fresh = SlackFront(rig.services, rig.front.client, signing_secret=rig.secret)
+    await fresh.start()
+    parent = rig.slack.parents()[-1]
+    thread = rig.slack.thread(parent.channel, parent.ts)
+    replies = [m for m in thread if "`one/" in m.text or "`two/" in m.text]
+    assert len(replies) == 2
+    for m in replies:
+        assert "Interrupted" in m.text and not m.streaming
+        assert len(m.text) > 200  # what the reader saw is kept
+    assert any("restarted before this discussion finished" in m.text for m in thread)
+    assert store.open_posts("slack") == []
+    assert (
+        store.discussion(
+            json.loads(
+                json.dumps(
+                    store.db.execute(
+                        "select id from discussions order by created_at desc limit 1"
+                    ).fetchone()[0]
+                )
+            )
+        )["status"]
+        == "interrupted"
+    )
+
+
+# --- start-up and configuration -------------------------------------------------------------------------
+def test_tokens_are_checked_with_a_clear_message(make_settings) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(UsageError, match="SLACK_BOT_TOKEN is not set"):
+        check_tokens(make_settings(), http=True)
+    with pytest.raises(UsageError, match="user token"):
+        check_tokens(make_settings(SLACK_BOT_TOKEN="xoxp-" + secrets.token_hex(8)), http=True)
+    with pytest.raises(UsageError, match="SLACK_SIGNING_SECRET"):
+        check_tokens(make_settings(SLACK_BOT_TOKEN=bot_token()), http=True)
+    with pytest.raises(UsageError, match="xapp-"):
+        check_tokens(make_settings(SLACK_BOT_TOKEN=bot_token(), SLACK_APP_TOKEN="nope"), http=True)
+
+
+async def test_a_rejected_token_fails_at_start_up(tmp_path: Path) -> None:
+    token = bot_token()
+    async with FakeSlackAPI(bot_token=token) as slack:
+        slack.auth_error = "invalid_auth"
+        services = build_services(Settings())
+        try:
+            front = SlackFront(
+                services, AsyncWebClient(token=token, base_url=slack.base_url), signing_secret="s"
+            )
+            with pytest.raises(UsageError, match="rejected SLACK_BOT_TOKEN") as e:
+                await front.start()
+            assert token not in str(e.value)
+        finally:
+            await services.aclose()
+
+
+def test_manifest_is_generated_from_the_command_table() -> None:
+    m = manifest(socket_mode=True)
+    names = [c["command"] for c in m["features"]["slash_commands"]]
+    assert names == [f"/{n}" for n in slash_commands()]
+    assert set(names) >= {f"/{c}" for c in COMMANDS if c != "help"} | {"/parley"}
+    assert m["settings"]["socket_mode_enabled"] is True
+    assert {"commands", "chat:write", "app_mentions:read"} <= set(m["oauth_config"]["scopes"]["bot"])
+    assert "app_mention" in m["settings"]["event_subscriptions"]["bot_events"]
+    http = manifest(socket_mode=False, request_url="https://parley.example.com/slack/events")
+    assert all(c["url"].endswith("/slack/events") for c in http["features"]["slash_commands"])
+    assert all(len(c["description"]) <= 100 for c in http["features"]["slash_commands"])
+
+
+async def test_socket_mode_connects_and_acks_a_slash_command(rig: Rig) -> None:
+    from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+    app_token = "xapp-" + secrets.token_hex(8)
+    rig.slack.app_token = app_token
+    rig.llm.scenarios["one-m"] = Scenario(text="Over the socket.")
+    handler = AsyncSocketModeHandler(
+        rig.front.app, app_token, web_client=AsyncWebClient(base_url=rig.slack.base_url)
+    )
+    await handler.connect_async()
+    try:
+        await asyncio.wait_for(rig.slack.socket_connected.wait(), 10)
+        payload = {
+            "team_id": "T0TEST",
+            "channel_id": "C9",
+            "user_id": "U1",
+            "command": "/ask",
+            "text": "provider:one hi",
+            "response_url": rig.slack.response_url,
+            "trigger_id": "1",
+        }
+        await rig.slack.socket_outbox.put(
+            {
+                "envelope_id": "env-1",
+                "type": "slash_commands",
+                "payload": payload,
+                "accepts_response_payload": True,
+            }
+        )
+        await rig.slack.wait_for(lambda: any(a.get("envelope_id") == "env-1" for a in rig.slack.socket_acks))
+        await rig.front.idle(1)
+    finally:
+        await handler.close_async()
+    parent = rig.slack.parents("C9")[-1]
+    assert [body_of(m) for m in rig.slack.thread("C9", parent.ts) if "`one/" in m.text] == [
+        "Over the socket."
+    ]
+
+
+def test_workspace_budgets_never_exceed_the_published_limits_in_a_window() -> None:
+    b = WorkspaceBudgets()
+    for method, per_minute in b.limits.items():
+        bucket = b[method]
+        assert bucket.capacity + bucket.rate * 60 <= per_minute - 1, method
