@@ -20,6 +20,7 @@ The :class:`Renderer` turns the engine's events into calls on a small
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import heapq
 import itertools
@@ -88,7 +89,7 @@ class TokenBucket:
             self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
 
-    def _try_take(self) -> bool:
+    def _try_take(self, priority: float = 1.0) -> bool:
         now = time.monotonic()
         if now < self.paused_until:
             return False
@@ -108,7 +109,7 @@ class TokenBucket:
         return self.tokens >= 1
 
     async def acquire(self, priority: float = 1.0) -> None:
-        if not self._waiters and self._try_take():
+        if not self._waiters and self._try_take(priority):
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (priority, next(self._seq), fut))
@@ -122,18 +123,72 @@ class TokenBucket:
                 heapq.heappop(self._waiters)  # cancelled waiter
             if not self._waiters:
                 break
-            if self._try_take():
+            if self._try_take(self._waiters[0][0]):
                 heapq.heappop(self._waiters)[2].set_result(None)
                 continue
             now = time.monotonic()
-            wait = max(self.paused_until - now, (1 - self.tokens) / self.rate if self.rate else 1.0)
-            await asyncio.sleep(max(wait, 0.001))
+            wait = self._refill_wait(now, self._waiters[0][0])
+            await asyncio.sleep(max(self.paused_until - now, wait, 0.001))
+
+    def _refill_wait(self, now: float, priority: float) -> float:
+        """Seconds until the next token could exist (pauses aside)."""
+        return (1 - self.tokens) / self.rate if self.rate else 1.0
 
     def pause(self, seconds: float) -> None:
         """After a 429: nothing is granted for ``seconds``, and the bucket restarts empty."""
         self.paused_until = max(self.paused_until, time.monotonic() + seconds)
         self.tokens = 0.0
         self.updated = self.paused_until
+
+
+class WindowBudget(TokenBucket):
+    """At most ``limit`` grants in any sliding ``window`` seconds.
+
+    This is how "N calls per minute" limits behave when a platform allows bursts
+    (Slack's tiers): the whole allowance is usable at once, and each call frees
+    its slot ``window`` seconds later. A token bucket that must never exceed the
+    same limit has to keep its burst small, and then sits idle while work waits.
+
+    Non-urgent requests (priority ≥ 1: intermediate edits) leave ``reserve`` of
+    the window to urgent ones (priority < 1: final texts, rollovers), so that a
+    burst of progress updates can never hold the final answers back a minute.
+    """
+
+    def __init__(self, limit: int, window: float, *, reserve: float = 0.3, name: str = "") -> None:
+        super().__init__(limit / window, limit, name=name)
+        self.limit = limit
+        self.window = window
+        self.reserve = int(limit * reserve)
+        self.stamps: collections.deque[float] = collections.deque()
+
+    def _free(self, now: float) -> int:
+        while self.stamps and self.stamps[0] <= now - self.window:
+            self.stamps.popleft()
+        return self.limit - len(self.stamps)
+
+    def _try_take(self, priority: float = 1.0) -> bool:
+        now = time.monotonic()
+        if now < self.paused_until:
+            return False
+        need = 1 + (self.reserve if priority >= 1 else 0)
+        if self._free(now) >= need:
+            self.stamps.append(now)
+            self.granted += 1
+            return True
+        return False
+
+    def available(self) -> bool:
+        now = time.monotonic()
+        return now >= self.paused_until and not self._waiters and self._free(now) >= 1 + self.reserve
+
+    def _refill_wait(self, now: float, priority: float) -> float:
+        short = 1 + (self.reserve if priority >= 1 else 0) - self._free(now)
+        if short <= 0:
+            return 0.0
+        return self.stamps[short - 1] + self.window - now
+
+    def pause(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
 
 
 UNLIMITED_RATE = math.inf

@@ -34,7 +34,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.slack.format import to_mrkdwn
 from core.events import DiscussionFinished, DiscussionStarted, Event, StageStarted, TurnInfo
-from core.render import Frame, MessageClosed, RateLimited, TokenBucket, summary_markdown
+from core.render import Frame, MessageClosed, RateLimited, TokenBucket, WindowBudget, summary_markdown
 from core.store import Store
 
 log = logging.getLogger("parley.slack")
@@ -55,14 +55,10 @@ STREAM_LIFE = 270.0
 INTERRUPTED = "⚠️ Interrupted: Parley restarted while this reply was being written. Ask again to rerun it."
 
 
-def tier_bucket(per_minute: int, name: str, window: float = 60.0) -> TokenBucket:
-    """A bucket that never exceeds ``per_minute`` calls in any sliding ``window``.
-
-    Burst ``b`` plus ``rate × window`` stays one call below the limit, so network
-    jitter cannot push a burst over it.
-    """
-    burst = max(1, per_minute // 5)
-    return TokenBucket((per_minute - burst - 1) / window, burst, name=name)
+def tier_bucket(per_minute: int, name: str, window: float = 60.0) -> WindowBudget:
+    """Slack's "N per minute" as a sliding window, kept one call below the limit so
+    that network jitter between our clock and Slack's cannot push a burst over it."""
+    return WindowBudget(per_minute - 1, window, name=name)
 
 
 @dataclass
@@ -72,7 +68,7 @@ class WorkspaceBudgets:
     limits: dict[str, int] = field(default_factory=lambda: dict(TIER_LIMITS))
     window: float = 60.0  # seconds the per-minute limits are counted over (benchmarks compress time)
     post_rate: float = POST_PER_CHANNEL_PER_SECOND
-    buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    buckets: dict[str, WindowBudget] = field(default_factory=dict)
     channels: dict[str, TokenBucket] = field(default_factory=dict)
     live_streams: int = 0
     streams_enabled: bool = True
@@ -81,7 +77,7 @@ class WorkspaceBudgets:
         for method, n in self.limits.items():
             self.buckets[method] = tier_bucket(n, method, self.window)
 
-    def __getitem__(self, method: str) -> TokenBucket:
+    def __getitem__(self, method: str) -> WindowBudget:
         return self.buckets[method]
 
     def post(self, channel: str) -> TokenBucket:

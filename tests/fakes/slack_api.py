@@ -104,6 +104,8 @@ class FakeSlackAPI:
                 web.post("/api/{method}", self._api),
                 web.post("/hooks/{hook}", self._hook),
                 web.get("/link", self._socket),
+                web.get("/_dump", self._dump),
+                web.post("/_reset", self._reset),
             ]
         )
         self._runner = web.AppRunner(app)
@@ -331,6 +333,25 @@ class FakeSlackAPI:
         self.responses.append(body)
         self.changed.set()
         return web.Response(text="ok")
+
+    # --- for benchmarks running the fake in another process ----------------------------------------
+    def dump(self) -> dict[str, Any]:
+        return {
+            "calls": [[c.method, c.status, c.t] for c in self.calls],
+            "messages": [
+                {"channel": m.channel, "ts": m.ts, "thread_ts": m.thread_ts, "kind": m.kind, "history": m.history}
+                for m in self.messages.values()
+            ],
+        }
+
+    async def _dump(self, request: web.Request) -> web.Response:
+        return web.json_response(self.dump())
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        self.calls.clear()
+        self.messages.clear()
+        self._windows.clear()
+        return web.json_response({"ok": True})
 
     # --- Socket Mode -----------------------------------------------------------------------------------
     async def _socket(self, request: web.Request) -> web.WebSocketResponse:
