@@ -149,17 +149,31 @@ class WindowBudget(TokenBucket):
     its slot ``window`` seconds later. A token bucket that must never exceed the
     same limit has to keep its burst small, and then sits idle while work waits.
 
-    Non-urgent requests (priority ≥ 1: intermediate edits) leave ``reserve`` of
-    the window to urgent ones (priority < 1: final texts, rollovers), so that a
-    burst of progress updates can never hold the final answers back a minute.
+    Non-urgent requests (priority ≥ 1: intermediate edits) leave room in the
+    window for the urgent ones still to come (priority < 1: final texts,
+    rollovers): ``claims`` counts the messages that will need a final operation
+    from this budget, and progress updates only spend slots beyond those. So
+    under load the finals never queue behind a minute of progress updates; with
+    few messages in flight, progress updates use nearly the whole allowance.
+
+    A slot is held ``latency`` seconds beyond the window because the platform
+    counts a call when it arrives, a little after it was granted here.
     """
 
-    def __init__(self, limit: int, window: float, *, reserve: float = 0.3, name: str = "") -> None:
+    def __init__(self, limit: int, window: float, *, latency: float = 0.25, name: str = "") -> None:
         super().__init__(limit / window, limit, name=name)
         self.limit = limit
-        self.window = window
-        self.reserve = int(limit * reserve)
+        self.window = window + latency
+        self.claims = 0
         self.stamps: collections.deque[float] = collections.deque()
+
+    @property
+    def reserve(self) -> int:
+        return max(1, self.claims)
+
+    def claim(self, n: int = 1) -> None:
+        """``n`` more messages will need a final operation from this budget (negative: released)."""
+        self.claims = max(0, self.claims + n)
 
     def _free(self, now: float) -> int:
         while self.stamps and self.stamps[0] <= now - self.window:

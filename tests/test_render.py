@@ -267,11 +267,12 @@ async def test_bucket_available_peeks_without_taking() -> None:
 async def test_window_budget_allows_the_whole_burst_and_keeps_a_reserve_for_finals() -> None:
     from core.render import WindowBudget
 
-    w = WindowBudget(10, 0.3, reserve=0.3)
-    for _ in range(7):  # non-urgent requests stop where the reserve starts
+    w = WindowBudget(10, 0.3, latency=0.0)
+    w.claim(3)  # three messages in flight will need their final edit from this budget
+    for _ in range(7):  # progress updates stop where the claims start
         await w.acquire(1.0)
     assert not w.available()
-    for _ in range(3):  # urgent ones may use the reserve at once
+    for _ in range(3):  # finals may use the reserved slots at once
         await asyncio.wait_for(w.acquire(0.0), 0.05)
     t = asyncio.get_running_loop().time()
     await w.acquire(0.0)  # the window is full: the next grant waits for the oldest to age out

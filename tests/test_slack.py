@@ -550,3 +550,13 @@ async def test_workspace_budgets_never_exceed_the_published_limits_in_a_sliding_
         await asyncio.gather(*(call(0.0 if i % 3 == 0 else 1.0) for i in range(per_minute * 2)))
         worst = max(sum(1 for s in stamps if t <= s < t + 0.5) for t in stamps)
         assert worst <= per_minute - 1, method
+
+
+def test_cli_prints_the_manifest_and_refuses_to_start_without_a_token(capsys: pytest.CaptureFixture[str]) -> None:
+    from bots.cli import main
+
+    assert main(["slack", "manifest"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["settings"]["socket_mode_enabled"] is True
+    assert main(["slack"]) == 2
+    assert "SLACK_BOT_TOKEN is not set" in capsys.readouterr().err

@@ -104,6 +104,7 @@ class SlackRef:
     started: float = field(default_factory=time.monotonic)
     shown: str = ""  # what the message shows now (markdown for streams, mrkdwn for messages)
     open: bool = True
+    claim: WindowBudget | None = None  # the budget this message's final operation is reserved in
 
     def dumps(self) -> str:
         return json.dumps({"channel": self.channel, "ts": self.ts, "kind": self.kind})
@@ -245,6 +246,7 @@ class SlackSink:
                 raise
             self.budgets.live_streams += 1
             ref = SlackRef(self.channel, str(resp["ts"]), "stream", shown=text)
+            ref.claim = self.budgets["chat.appendStream"]
         else:
             text = self._mrkdwn(frame)
             resp = await self._call(
@@ -258,6 +260,11 @@ class SlackSink:
                 **ident,
             )
             ref = SlackRef(self.channel, str(resp["ts"]), "message", shown=text)
+            ref.claim = self.edit_budget
+        if frame.state == "streaming":
+            ref.claim.claim(1)
+        else:
+            ref.claim = None
         if self.store is not None and self.discussion_id is not None:
             ref.post_id = self.store.record_post(
                 self.discussion_id,
@@ -270,6 +277,8 @@ class SlackSink:
         return ref
 
     async def edit(self, ref: SlackRef, frame: Frame) -> None:
+        if frame.state != "streaming":
+            self._release(ref)
         if ref.kind == "message":
             text = self._mrkdwn(frame)
             await self._call(
@@ -386,7 +395,14 @@ class SlackSink:
                 await asyncio.sleep(min(2.0, 0.2 * 2**attempt))
         self._closed(ref)  # Slack ends it within minutes anyway; do not hold a stream slot
 
+    @staticmethod
+    def _release(ref: SlackRef) -> None:
+        if ref.claim is not None:
+            ref.claim.claim(-1)
+            ref.claim = None
+
     def _closed(self, ref: SlackRef) -> None:
+        self._release(ref)
         if ref.kind == "stream" and ref.open:
             self.budgets.live_streams -= 1
         ref.open = False
