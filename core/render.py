@@ -152,20 +152,27 @@ class WindowBudget(TokenBucket):
     Non-urgent requests (priority ≥ 1: intermediate edits) leave room in the
     window for the urgent ones still to come (priority < 1: final texts,
     rollovers): ``claims`` counts the messages that will need a final operation
-    from this budget, and progress updates only spend slots beyond those. So
-    under load the finals never queue behind a minute of progress updates; with
-    few messages in flight, progress updates use nearly the whole allowance.
+    from this budget, progress updates only spend slots beyond those, and they
+    are paced at the sustained rate (``window / limit`` apart) while urgent work
+    may use the whole burst. So under load the finals never queue behind a
+    minute of progress updates spent in the first seconds.
 
-    A slot is held ``latency`` seconds beyond the window because the platform
-    counts a call when it arrives, a little after it was granted here.
+    A slot is held ``latency`` seconds (default 5% of the window) beyond the
+    window because the platform counts a call when it arrives, a little after
+    it was granted here.
     """
 
-    def __init__(self, limit: int, window: float, *, latency: float = 0.25, name: str = "") -> None:
+    def __init__(
+        self, limit: int, window: float, *, latency: float | None = None, paced: bool = True, name: str = ""
+    ) -> None:
         super().__init__(limit / window, limit, name=name)
         self.limit = limit
-        self.window = window + latency
+        self.window = window + (0.05 * window if latency is None else latency)
         self.claims = 0
         self.stamps: collections.deque[float] = collections.deque()
+        # Progress updates are paced at the sustained rate; only urgent work bursts.
+        self.pace = self.window / limit if paced else 0.0
+        self.next_progress = 0.0
 
     @property
     def reserve(self) -> int:
@@ -184,22 +191,31 @@ class WindowBudget(TokenBucket):
         now = time.monotonic()
         if now < self.paused_until:
             return False
-        need = 1 + (self.reserve if priority >= 1 else 0)
-        if self._free(now) >= need:
+        progress = priority >= 1
+        if progress and now < self.next_progress:
+            return False
+        if self._free(now) >= 1 + (self.reserve if progress else 0):
             self.stamps.append(now)
             self.granted += 1
+            if progress:
+                self.next_progress = now + self.pace
             return True
         return False
 
     def available(self) -> bool:
         now = time.monotonic()
-        return now >= self.paused_until and not self._waiters and self._free(now) >= 1 + self.reserve
+        return (
+            now >= self.paused_until
+            and now >= self.next_progress
+            and not self._waiters
+            and self._free(now) >= 1 + self.reserve
+        )
 
     def _refill_wait(self, now: float, priority: float) -> float:
-        short = 1 + (self.reserve if priority >= 1 else 0) - self._free(now)
-        if short <= 0:
-            return 0.0
-        return self.stamps[short - 1] + self.window - now
+        progress = priority >= 1
+        short = 1 + (self.reserve if progress else 0) - self._free(now)
+        wait = self.stamps[short - 1] + self.window - now if short > 0 else 0.0
+        return max(wait, self.next_progress - now) if progress else wait
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, time.monotonic() + seconds)

@@ -58,7 +58,9 @@ INTERRUPTED = "⚠️ Interrupted: Parley restarted while this reply was being w
 def tier_bucket(per_minute: int, name: str, window: float = 60.0) -> WindowBudget:
     """Slack's "N per minute" as a sliding window, kept one call below the limit so
     that network jitter between our clock and Slack's cannot push a burst over it."""
-    return WindowBudget(per_minute - 1, window, name=name)
+    # Stream starts and stops are not progress updates: they may use the whole burst.
+    paced = name in ("chat.update", "chat.appendStream")
+    return WindowBudget(per_minute - 1, window, paced=paced, name=name)
 
 
 @dataclass
