@@ -1,0 +1,423 @@
+"""A loopback fake of Discord's REST API (v10), for the real discord.py client.
+
+Point ``discord.http.Route.BASE`` at :attr:`FakeDiscordAPI.base_url`. Every call
+is recorded in :attr:`FakeDiscordAPI.calls`; messages, threads and application
+commands are kept so tests can read the final state of a channel.
+
+Endpoints: ``GET /users/@me``, ``GET /oauth2/applications/@me``, application
+command bulk overwrite/list (global and guild), channel messages create / edit /
+get, thread from a message, interaction callback, original response edit and
+follow-ups.
+
+Knobs:
+
+- :meth:`rate_limit` answers the next matching requests with a 429 the way
+  Discord does (``retry_after`` JSON, ``Retry-After``, ``X-RateLimit-*`` and a
+  ``Via`` header; without ``Via`` discord.py takes a 429 for a Cloudflare ban);
+- :meth:`forbid` answers 403 Missing Permissions (code 50013);
+- ``channel_limit=(n, window)`` enforces a per-channel message bucket (create
+  and edit share it) with fixed windows and real ``X-RateLimit-*`` headers, for
+  benchmarks;
+- ``on_store(channel_id, message_id, content, t)`` sees every stored content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+DISCORD_EPOCH_MS = 1_420_070_400_000
+JSON = web.RequestKey("json", object)
+RATELIMIT = web.RequestKey("ratelimit", dict)
+_seq = itertools.count(1)
+
+
+def snowflake() -> int:
+    ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
+    return (ms << 22) | (next(_seq) & 0x3FFFFF)
+
+
+def iso(t: float | None = None) -> str:
+    return datetime.fromtimestamp(t or time.time(), UTC).isoformat()
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    body: Any
+    status: int
+    at: float
+    query: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StoredMessage:
+    id: int
+    channel_id: int
+    author: dict[str, Any]
+    content: str
+    flags: int = 0
+    thread_id: int | None = None
+    history: list[tuple[float, str]] = field(default_factory=list)
+    edits: int = 0
+
+
+@dataclass
+class Rule:
+    """Answer matching requests with ``status`` (429 or 403) ``times`` times."""
+
+    method: str
+    pattern: re.Pattern[str]
+    status: int
+    times: int
+    retry_after: float = 0.0
+    global_: bool = False
+
+
+@dataclass
+class _Window:
+    started: float = 0.0
+    used: int = 0
+
+
+class FakeDiscordAPI:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        channel_limit: tuple[int, float] | None = None,
+        app_id: int | None = None,
+    ) -> None:
+        self.host, self.port = host, port
+        self.tokens: set[str] = {token} if token else set()
+        self.bot_id = app_id or snowflake()
+        self.app_id = self.bot_id  # modern bots: the application id is the bot user's id
+        self.owner_id = snowflake()
+        self.calls: list[Call] = []
+        self.messages: dict[int, StoredMessage] = {}
+        self.threads: dict[int, dict[str, Any]] = {}
+        self.channel_guild: dict[int, int] = {}
+        self.commands: dict[str, list[dict[str, Any]]] = {}  # "global" or guild id -> commands
+        self.interaction_responses: list[dict[str, Any]] = []
+        self.original_edits: list[dict[str, Any]] = []
+        self.followups: list[dict[str, Any]] = []
+        self.rules: list[Rule] = []
+        self.channel_limit = channel_limit
+        self.windows: dict[int, _Window] = {}
+        self.limited = 0  # 429s answered
+        self.on_store: Callable[[int, int, str, float], None] | None = None
+        self.latency = 0.0  # seconds added to every response
+        self._runner: web.AppRunner | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/api/v10"
+
+    async def start(self) -> None:
+        app = web.Application(middlewares=[self._middleware])
+        r = app.router
+        r.add_get("/api/v10/users/@me", self._me)
+        r.add_get("/api/v10/oauth2/applications/@me", self._application)
+        r.add_put("/api/v10/applications/{app}/commands", self._put_commands)
+        r.add_get("/api/v10/applications/{app}/commands", self._get_commands)
+        r.add_put("/api/v10/applications/{app}/guilds/{guild}/commands", self._put_commands)
+        r.add_get("/api/v10/applications/{app}/guilds/{guild}/commands", self._get_commands)
+        r.add_get("/api/v10/channels/{channel}", self._get_channel)
+        r.add_post("/api/v10/channels/{channel}/messages", self._create_message)
+        r.add_get("/api/v10/channels/{channel}/messages/{message}", self._get_message)
+        r.add_patch("/api/v10/channels/{channel}/messages/{message}", self._edit_message)
+        r.add_post("/api/v10/channels/{channel}/messages/{message}/threads", self._create_thread)
+        r.add_post("/api/v10/interactions/{id}/{token}/callback", self._callback)
+        r.add_patch("/api/v10/webhooks/{app}/{token}/messages/@original", self._edit_original)
+        r.add_post("/api/v10/webhooks/{app}/{token}", self._followup)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> FakeDiscordAPI:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- knobs ----------------------------------------------------------------------------------
+    def rate_limit(self, method: str, path_regex: str, *, times: int = 1, retry_after: float = 0.2,
+                   global_: bool = False) -> None:
+        self.rules.append(Rule(method, re.compile(path_regex), 429, times, retry_after, global_))
+
+    def forbid(self, method: str, path_regex: str, *, times: int = 1_000_000) -> None:
+        self.rules.append(Rule(method, re.compile(path_regex), 403, times))
+
+    # --- queries for tests ----------------------------------------------------------------------
+    def channel_messages(self, channel_id: int) -> list[StoredMessage]:
+        return sorted((m for m in self.messages.values() if m.channel_id == channel_id), key=lambda m: m.id)
+
+    def calls_to(self, method: str, fragment: str) -> list[Call]:
+        return [c for c in self.calls if c.method == method and fragment in c.path]
+
+    def add_channel(self, channel_id: int, guild_id: int) -> None:
+        self.channel_guild[channel_id] = guild_id
+
+    # --- plumbing -------------------------------------------------------------------------------
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        body: Any = None
+        if request.can_read_body:
+            raw = await request.read()
+            ctype = request.headers.get("Content-Type", "")
+            if ctype.startswith("application/json"):
+                body = json.loads(raw or b"null")
+            elif ctype.startswith("multipart/"):
+                body = _payload_json(raw)
+        request[JSON] = body
+        path = request.path.removeprefix("/api/v10")
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        resp = self._auth(request) or self._rule(request.method, path) or self._bucket(request, path)
+        if resp is None:
+            resp = await handler(request)
+        self.calls.append(Call(request.method, path, body, resp.status, time.monotonic(), dict(request.query)))
+        return resp
+
+    def _auth(self, request: web.Request) -> web.Response | None:
+        if request.path.startswith(("/api/v10/interactions/", "/api/v10/webhooks/")):
+            return None  # authenticated by the interaction token in the path
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith("Bot ") or (self.tokens and auth[4:] not in self.tokens):
+            return _jr({"message": "401: Unauthorized", "code": 0}, status=401)
+        return None
+
+    def _rule(self, method: str, path: str) -> web.Response | None:
+        for rule in self.rules:
+            if rule.times > 0 and rule.method == method and rule.pattern.search(path):
+                rule.times -= 1
+                if rule.status == 429:
+                    return self._too_many(rule.retry_after, global_=rule.global_)
+                return _jr({"message": "Missing Permissions", "code": 50013}, status=403)
+        return None
+
+    def _too_many(self, retry_after: float, *, global_: bool = False, bucket: str = "fakebucket") -> web.Response:
+        self.limited += 1
+        headers = {
+            "Via": "1.1 google",
+            "Retry-After": str(max(1, int(retry_after + 0.999))),
+            "X-RateLimit-Limit": "5",
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset-After": f"{retry_after:.3f}",
+            "X-RateLimit-Reset": f"{time.time() + retry_after:.3f}",
+            "X-RateLimit-Bucket": bucket,
+            "X-RateLimit-Scope": "global" if global_ else "user",
+        }
+        if global_:
+            headers["X-RateLimit-Global"] = "true"
+        body = {"message": "You are being rate limited.", "retry_after": round(retry_after, 3), "global": global_}
+        return _jr(body, status=429, headers=headers)
+
+    def _bucket(self, request: web.Request, path: str) -> web.Response | None:
+        """Per-channel message bucket (create + edit), fixed windows, like Discord's headers say."""
+        if self.channel_limit is None:
+            return None
+        m = re.match(r"^/channels/(\d+)/messages(/\d+)?$", path)
+        if not m or request.method not in ("POST", "PATCH"):
+            return None
+        limit, window = self.channel_limit
+        channel = int(m.group(1))
+        now = time.monotonic()
+        w = self.windows.setdefault(channel, _Window())
+        if now - w.started >= window:
+            w.started, w.used = now, 0
+        reset_after = max(0.0, window - (now - w.started))
+        if w.used >= limit:
+            return self._too_many(reset_after, bucket=f"msg-{channel}")
+        w.used += 1
+        request[RATELIMIT] = {
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": str(limit - w.used),
+            "X-RateLimit-Reset-After": f"{reset_after:.3f}",
+            "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
+            "X-RateLimit-Bucket": f"msg-{channel}",
+        }
+        return None
+
+    def _json(self, request: web.Request, data: Any, status: int = 200) -> web.Response:
+        return _jr(data, status=status, headers=request.get(RATELIMIT) or {})
+
+    # --- objects --------------------------------------------------------------------------------
+    def bot_user(self) -> dict[str, Any]:
+        return {"id": str(self.bot_id), "username": "Parley", "discriminator": "0", "global_name": "Parley",
+                "avatar": None, "bot": True, "flags": 0, "verified": True, "mfa_enabled": False}
+
+    def message_json(self, m: StoredMessage) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": str(m.id), "channel_id": str(m.channel_id), "author": m.author, "content": m.content,
+            "timestamp": iso(), "edited_timestamp": iso() if m.edits else None, "tts": False,
+            "mention_everyone": False, "mentions": [], "mention_roles": [], "attachments": [], "embeds": [],
+            "pinned": False, "type": 0, "flags": m.flags, "components": [],
+        }
+        guild = self.channel_guild.get(m.channel_id)
+        if guild:
+            data["guild_id"] = str(guild)
+        return data
+
+    def _store(self, channel_id: int, content: str, *, flags: int = 0, author: dict[str, Any] | None = None,
+               message_id: int | None = None) -> StoredMessage:
+        m = StoredMessage(message_id or snowflake(), channel_id, author or self.bot_user(), content, flags)
+        self.messages[m.id] = m
+        self._stored(m)
+        return m
+
+    def _stored(self, m: StoredMessage) -> None:
+        t = time.monotonic()
+        m.history.append((t, m.content))
+        if self.on_store:
+            self.on_store(m.channel_id, m.id, m.content, t)
+
+    # --- handlers -------------------------------------------------------------------------------
+    async def _me(self, request: web.Request) -> web.Response:
+        return _jr(self.bot_user())
+
+    async def _application(self, request: web.Request) -> web.Response:
+        return _jr({
+            "id": str(self.app_id), "name": "Parley", "icon": None, "description": "A panel of AI experts",
+            "bot_public": True, "bot_require_code_grant": False, "verify_key": "00" * 32, "flags": 0,
+            "owner": {"id": str(self.owner_id), "username": "owner", "discriminator": "0", "avatar": None},
+            "bot": self.bot_user(), "redirect_uris": [], "interactions_endpoint_url": None,
+        })
+
+    async def _put_commands(self, request: web.Request) -> web.Response:
+        scope = request.match_info.get("guild", "global")
+        out = []
+        for c in request[JSON] or []:
+            out.append({**c, "id": str(snowflake()), "application_id": str(self.app_id), "version": str(snowflake()),
+                        **({"guild_id": scope} if scope != "global" else {})})
+        self.commands[scope] = out
+        return _jr(out)
+
+    async def _get_commands(self, request: web.Request) -> web.Response:
+        return _jr(self.commands.get(request.match_info.get("guild", "global"), []))
+
+    def channel_json(self, channel_id: int) -> dict[str, Any]:
+        if channel_id in self.threads:
+            return self.threads[channel_id]
+        guild = self.channel_guild.get(channel_id)
+        return {"id": str(channel_id), "type": 0, "guild_id": str(guild or 0), "name": f"channel-{channel_id}",
+                "position": 0, "permission_overwrites": [], "nsfw": False, "parent_id": None, "topic": None,
+                "last_message_id": None, "rate_limit_per_user": 0, "flags": 0}
+
+    async def _get_channel(self, request: web.Request) -> web.Response:
+        channel = int(request.match_info["channel"])
+        if channel not in self.threads and channel not in self.channel_guild:
+            return _jr({"message": "Unknown Channel", "code": 10003}, status=404)
+        return _jr(self.channel_json(channel))
+
+    async def _create_message(self, request: web.Request) -> web.Response:
+        body = request[JSON] or {}
+        channel = int(request.match_info["channel"])
+        m = self._store(channel, body.get("content") or "", flags=int(body.get("flags") or 0))
+        return self._json(request, self.message_json(m))
+
+    async def _get_message(self, request: web.Request) -> web.Response:
+        m = self.messages.get(int(request.match_info["message"]))
+        if m is None or m.channel_id != int(request.match_info["channel"]):
+            return _jr({"message": "Unknown Message", "code": 10008}, status=404)
+        return _jr(self.message_json(m))
+
+    async def _edit_message(self, request: web.Request) -> web.Response:
+        m = self.messages.get(int(request.match_info["message"]))
+        if m is None or m.channel_id != int(request.match_info["channel"]):
+            return _jr({"message": "Unknown Message", "code": 10008}, status=404)
+        body = request[JSON] or {}
+        if "content" in body:
+            m.content = body["content"] or ""
+        m.edits += 1
+        self._stored(m)
+        return self._json(request, self.message_json(m))
+
+    async def _create_thread(self, request: web.Request) -> web.Response:
+        body = request[JSON] or {}
+        channel = int(request.match_info["channel"])
+        mid = int(request.match_info["message"])
+        name = str(body.get("name") or "")
+        if not 1 <= len(name) <= 100:
+            return _jr(
+                {"message": "Invalid Form Body", "code": 50035,
+                 "errors": {"name": {"_errors": [{"code": "BASE_TYPE_BAD_LENGTH",
+                                                  "message": "Must be between 1 and 100 in length."}]}}},
+                status=400,
+            )
+        guild = self.channel_guild.get(channel, 0)
+        thread = {
+            "id": str(mid), "type": 11, "guild_id": str(guild), "parent_id": str(channel), "name": name,
+            "owner_id": str(self.bot_id), "message_count": 0, "member_count": 1, "rate_limit_per_user": 0,
+            "flags": 0, "last_message_id": None,
+            "thread_metadata": {"archived": False, "auto_archive_duration": body.get("auto_archive_duration", 1440),
+                                "archive_timestamp": iso(), "locked": False},
+            "member": {"id": str(mid), "user_id": str(self.bot_id), "join_timestamp": iso(), "flags": 0},
+        }
+        self.threads[mid] = thread
+        self.channel_guild[mid] = guild
+        if mid in self.messages:
+            self.messages[mid].thread_id = mid
+        return _jr(thread, status=201)
+
+    async def _callback(self, request: web.Request) -> web.Response:
+        body = request[JSON] or {}
+        body = {**body, "interaction_id": request.match_info["id"], "token": request.match_info["token"]}
+        self.interaction_responses.append(body)
+        flags = int((body.get("data") or {}).get("flags") or 0)
+        kind = body.get("type")
+        resp: dict[str, Any] = {
+            "interaction": {"id": request.match_info["id"], "type": 2, "response_message_loading": kind == 5,
+                            "response_message_ephemeral": bool(flags & 64)},
+        }
+        if kind in (4, 5):
+            mid = snowflake()
+            resp["interaction"]["response_message_id"] = str(mid)
+            content = (body.get("data") or {}).get("content") or ""
+            resp["resource"] = {"type": kind, "message": {**self.message_json(
+                StoredMessage(mid, 0, self.bot_user(), content, flags)), "channel_id": "0"}}
+        return _jr(resp)
+
+    async def _edit_original(self, request: web.Request) -> web.Response:
+        body = request[JSON] or {}
+        self.original_edits.append({**body, "token": request.match_info["token"]})
+        m = StoredMessage(snowflake(), 0, self.bot_user(), body.get("content") or "", int(body.get("flags") or 0))
+        return _jr(self.message_json(m))
+
+    async def _followup(self, request: web.Request) -> web.Response:
+        body = request[JSON] or {}
+        self.followups.append({**body, "token": request.match_info["token"]})
+        m = StoredMessage(snowflake(), 0, self.bot_user(), body.get("content") or "", int(body.get("flags") or 0))
+        return _jr(self.message_json(m))
+
+
+def _jr(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """JSON with Discord's exact content type (discord.py compares it verbatim)."""
+    return web.Response(body=json.dumps(data).encode(), status=status,
+                        headers={**(headers or {}), "Content-Type": "application/json"})
+
+
+def _payload_json(raw: bytes) -> Any:
+    """The ``payload_json`` part of a multipart body (discord.py sends files that way)."""
+    m = re.search(rb'name="payload_json"\r\n(?:[^\r\n]*\r\n)*\r\n(.*?)\r\n--', raw, re.S)
+    return json.loads(m.group(1)) if m else None
