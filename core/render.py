@@ -14,7 +14,10 @@ The :class:`Renderer` turns the engine's events into calls on a small
   message next;
 - honours a platform 429 (:class:`RateLimited`) by pausing the bucket and
   re-sending the same text later: nothing is dropped;
-- ends a failed turn's message with what was shown plus the reason.
+- ends a failed turn's message with what was shown plus the reason;
+- stops writing a turn the platform will never accept again
+  (:class:`Undeliverable`: channel archived, bot removed) or that kept failing
+  for ``give_up_after`` seconds, instead of retrying for ever.
 """
 
 from __future__ import annotations
@@ -61,6 +64,12 @@ class MessageClosed(Exception):
     """Raised by a sink when a message can no longer be edited (a Slack stream that
     expired, a message deleted by a moderator). The renderer ends that message at what
     it last showed and carries the rest of the text into a new message."""
+
+
+class Undeliverable(Exception):
+    """Raised by a sink when the platform will never accept this operation (the
+    channel was archived or deleted, the bot was removed). The renderer stops
+    writing that turn; what was already shown stays."""
 
 
 class TokenBucket:
@@ -152,10 +161,12 @@ class WindowBudget(TokenBucket):
     Non-urgent requests (priority ≥ 1: intermediate edits) leave room in the
     window for the urgent ones still to come (priority < 1: final texts,
     rollovers): ``claims`` counts the messages that will need a final operation
-    from this budget, progress updates only spend slots beyond those, and they
-    are paced at the sustained rate (``window / limit`` apart) while urgent work
-    may use the whole burst. So under load the finals never queue behind a
-    minute of progress updates spent in the first seconds.
+    from this budget, and progress updates only spend slots beyond those. They
+    also draw on a credit that refills at the sustained rate (one per
+    ``window / limit`` seconds) and holds at most half the window: a lone reply
+    gets the burst and stays fresh, while many concurrent replies are paced
+    instead of spending the whole window in their first seconds and leaving the
+    finals to queue behind it. Urgent work may use the whole window at once.
 
     A slot is held ``latency`` seconds (default 5% of the window) beyond the
     window because the platform counts a call when it arrives, a little after
@@ -170,9 +181,10 @@ class WindowBudget(TokenBucket):
         self.window = window + (0.05 * window if latency is None else latency)
         self.claims = 0
         self.stamps: collections.deque[float] = collections.deque()
-        # Progress updates are paced at the sustained rate; only urgent work bursts.
         self.pace = self.window / limit if paced else 0.0
-        self.next_progress = 0.0
+        self.credit_cap = max(1.0, limit // 2)
+        self.credit = self.credit_cap
+        self.credit_at = time.monotonic()
 
     @property
     def reserve(self) -> int:
@@ -187,18 +199,24 @@ class WindowBudget(TokenBucket):
             self.stamps.popleft()
         return self.limit - len(self.stamps)
 
+    def _credit(self, now: float) -> float:
+        if self.pace:
+            self.credit = min(self.credit_cap, self.credit + (now - self.credit_at) / self.pace)
+        self.credit_at = now
+        return self.credit if self.pace else math.inf
+
     def _try_take(self, priority: float = 1.0) -> bool:
         now = time.monotonic()
         if now < self.paused_until:
             return False
         progress = priority >= 1
-        if progress and now < self.next_progress:
+        if progress and self._credit(now) < 1:
             return False
         if self._free(now) >= 1 + (self.reserve if progress else 0):
             self.stamps.append(now)
             self.granted += 1
-            if progress:
-                self.next_progress = now + self.pace
+            if progress and self.pace:
+                self.credit -= 1
             return True
         return False
 
@@ -206,16 +224,25 @@ class WindowBudget(TokenBucket):
         now = time.monotonic()
         return (
             now >= self.paused_until
-            and now >= self.next_progress
             and not self._waiters
+            and self._credit(now) >= 1
             and self._free(now) >= 1 + self.reserve
         )
 
     def _refill_wait(self, now: float, priority: float) -> float:
         progress = priority >= 1
         short = 1 + (self.reserve if progress else 0) - self._free(now)
-        wait = self.stamps[short - 1] + self.window - now if short > 0 else 0.0
-        return max(wait, self.next_progress - now) if progress else wait
+        if short <= 0:
+            wait = 0.0
+        elif short <= len(self.stamps):
+            wait = self.stamps[short - 1] + self.window - now
+        else:
+            # More messages await their finals than the window holds: no progress
+            # update fits until some finish; look again a slot's time later.
+            wait = self.window / self.limit
+        if progress and self.pace:
+            wait = max(wait, (1 - self._credit(now)) * self.pace)
+        return wait
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, time.monotonic() + seconds)
@@ -257,6 +284,11 @@ class Sink(Protocol):
     async def notice(self, event: Event) -> None:
         """Show a non-turn event (discussion start, stage, summary); budget already spent."""
         ...
+
+    # Optional: ``budget(ref, frame) -> TokenBucket`` (see :func:`budget_for`),
+    # ``shows(event) -> bool`` (whether ``notice`` posts anything for it) and
+    # ``abandon(ref)``, called for each open message of a turn the renderer gave up on
+    # (to release stream slots and budget claims and forget the message for recovery).
 
 
 def budget_for(sink: Sink, ref: Any, frame: Frame) -> TokenBucket:
@@ -332,6 +364,8 @@ class _View:
     last_flush: float = 0.0
     task: asyncio.Task[None] | None = None
     visible_at: list[tuple[int, float]] = field(default_factory=list)
+    failing_since: float | None = None  # first failure of the current run of failed ops
+    dead: str | None = None  # why nothing more can be written for this turn
 
     def text(self) -> str:
         if len(self.parts) > 1:
@@ -356,6 +390,7 @@ class Renderer:
         on_done: Callable[[TurnInfo, Any], None] | None = None,
         on_visible: Callable[[str, int, float], None] | None = None,
         max_op_retries: int = 5,
+        give_up_after: float = 300.0,
     ) -> None:
         self.sink = sink
         self.views: dict[str, _View] = {}
@@ -363,6 +398,7 @@ class Renderer:
         self.on_done = on_done
         self.on_visible = on_visible
         self.max_op_retries = max_op_retries
+        self.give_up_after = give_up_after
         self.ops = 0
         self.rate_limited = 0
         self.lost_ops = 0
@@ -440,6 +476,9 @@ class Renderer:
 
     # --- flushing -------------------------------------------------------------------------------
     async def _notice(self, ev: Event) -> None:
+        shows = getattr(self.sink, "shows", None)
+        if shows is not None and not shows(ev):
+            return  # nothing to post: spend no budget on it
         await self.sink.post_budget.acquire(0.5)
         for attempt in range(self.max_op_retries):
             try:
@@ -450,6 +489,9 @@ class Renderer:
                 self.rate_limited += 1
                 self.sink.post_budget.pause(rl.retry_after)
                 await self.sink.post_budget.acquire(0.5)
+            except Undeliverable as e:
+                log.warning("could not post a %s notice: %s", ev.type, e)
+                break
             except Exception:
                 log.exception("posting a %s notice failed (attempt %d)", ev.type, attempt + 1)
                 await asyncio.sleep(min(2.0, 0.2 * 2**attempt))
@@ -466,7 +508,7 @@ class Renderer:
                 view.dirty.clear()
                 await self._sync(view)
                 view.last_flush = time.monotonic()
-                if view.final is not None and not view.dirty.is_set():
+                if view.dead is not None or (view.final is not None and not view.dirty.is_set()):
                     if self.on_done:
                         for m in view.msgs:
                             if m.ref is not None:
@@ -513,6 +555,8 @@ class Renderer:
         self._frames(view)
         final = view.final is not None
         for idx, msg in enumerate(view.msgs):
+            if view.dead is not None:
+                return
             if msg.closed:
                 continue
             frame = self._display(view, msg, idx)
@@ -540,19 +584,41 @@ class Renderer:
                     await self.sink.edit(msg.ref, frame)
                 self.ops += 1
                 msg.sent, msg.sent_state, msg.sent_raw = frame.text, frame.state, len(frame.raw)
+                view.failing_since = None
                 return True
             except MessageClosed:
                 self._reopen(view, msg)
+                return False
+            except Undeliverable as e:
+                self._give_up(view, str(e) or type(e).__name__)
                 return False
             except RateLimited as rl:
                 self.rate_limited += 1
                 bucket.pause(rl.retry_after)
             except Exception:
                 log.exception("sink %s failed (attempt %d)", "post" if creating else "edit", attempt + 1)
+                now = time.monotonic()
+                if view.failing_since is None:
+                    view.failing_since = now
+                elif now - view.failing_since > self.give_up_after:
+                    self._give_up(view, f"the platform kept failing for {self.give_up_after:.0f}s")
+                    return False
                 await asyncio.sleep(min(2.0, 0.2 * 2**attempt))
-        self.lost_ops += 1
         view.dirty.set()  # try again on the next flush rather than drop the text
         return False
+
+    def _give_up(self, view: _View, why: str) -> None:
+        """Nothing more can be written for this turn: keep what is shown, count the loss."""
+        view.dead = why
+        self.lost_ops += 1
+        log.warning("stopped writing turn %s: %s", view.turn.turn_id, why)
+        abandon = getattr(self.sink, "abandon", None)  # optional: release what the sink holds
+        for m in view.msgs:
+            if m.ref is not None and not m.closed:
+                m.closed = True
+                if abandon is not None:
+                    with contextlib.suppress(Exception):
+                        abandon(m.ref)
 
     def _reopen(self, view: _View, msg: _Msg) -> None:
         """``msg`` can no longer be edited: it keeps what it showed, the rest moves to a new message."""

@@ -270,12 +270,67 @@ async def test_window_budget_allows_the_whole_burst_and_keeps_a_reserve_for_fina
     w = WindowBudget(10, 0.3, latency=0.0)
     w.claim(3)  # three messages in flight will need their final edit from this budget
     t = asyncio.get_running_loop().time()
-    for _ in range(7):  # progress updates are paced, and stop where the claims start
+    for _ in range(5):  # half the window is a burst of progress updates
         await w.acquire(1.0)
-    assert asyncio.get_running_loop().time() - t >= 6 * 0.03 * 0.9
+    assert asyncio.get_running_loop().time() - t < 0.02
+    for _ in range(2):  # then they are paced at the sustained rate, and stop where the claims start
+        await w.acquire(1.0)
+    assert asyncio.get_running_loop().time() - t >= 0.03 * 0.9
     assert not w.available()
     for _ in range(3):  # finals may use the reserved slots at once
         await asyncio.wait_for(w.acquire(0.0), 0.05)
     oldest = w.stamps[0]
     await w.acquire(0.0)  # the window is full: the next grant waits for the oldest to age out
     assert w.stamps[-1] >= oldest + 0.3
+
+
+async def test_window_budget_with_more_claims_than_slots_still_grants_finals() -> None:
+    from core.render import WindowBudget
+
+    w = WindowBudget(4, 0.2, latency=0.0)
+    w.claim(9)  # more messages in flight than the window holds
+    progress = asyncio.ensure_future(w.acquire(1.0))  # cannot fit while the claims exceed the window
+    await asyncio.sleep(0.05)
+    assert not progress.done()
+    for _ in range(9):
+        await asyncio.wait_for(w.acquire(0.0), 2)
+        w.claim(-1)
+    await asyncio.wait_for(progress, 2)  # the waiting loop survived and grants once claims are released
+
+
+class RefusingSink(RecordingSink):
+    """The platform refuses every write for some turns after their first post
+    (channel archived, bot removed), or fails with a transient-looking error for ever."""
+
+    def __init__(self, refuse: set[str], error: type[Exception], **kw) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(**kw)
+        self.refuse = refuse
+        self.error = error
+        self.refused = 0
+
+    async def edit(self, ref: int, frame: Frame) -> None:
+        if frame.turn.turn_id in self.refuse:
+            self.refused += 1
+            raise self.error("channel archived")
+        await super().edit(ref, frame)
+
+
+async def test_an_undeliverable_turn_stops_at_once_and_the_others_finish() -> None:
+    from core.render import Undeliverable
+
+    texts = {"a": prose(200, 1), "b": prose(200, 2)}
+    sink = RefusingSink({"a"}, Undeliverable, limit=10_000)
+    r = Renderer(sink)
+    await asyncio.wait_for(r.consume(events_for(texts, chunk=9, delay=0.001)), 10)
+    assert sink.turn_text("b") == texts["b"] and sink.messages[1].state == "done"
+    assert sink.refused == 1  # no retry of a write the platform will never accept
+    assert r.lost_ops == 1
+
+
+async def test_a_sink_that_keeps_failing_is_given_up_after_the_deadline() -> None:
+    texts = {"a": prose(100, 3), "b": prose(100, 4)}
+    sink = RefusingSink({"a"}, ConnectionError, limit=10_000)
+    r = Renderer(sink, max_op_retries=2, give_up_after=0.3)
+    await asyncio.wait_for(r.consume(events_for(texts, chunk=9, delay=0.001)), 10)
+    assert sink.turn_text("b") == texts["b"]
+    assert sink.refused >= 2 and r.lost_ops == 1

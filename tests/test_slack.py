@@ -219,6 +219,40 @@ async def test_a_rate_limited_update_is_retried_after_retry_after_and_loses_noth
     assert body_of(reply) == text
 
 
+async def test_a_channel_archived_mid_discussion_stops_writing_and_the_discussion_ends(rig: Rig) -> None:
+    text = answer(150, "a")
+    for p in ("one", "two"):
+        rig.llm.scenarios[f"{p}-m"] = Scenario(text=text, chunk_chars=5, chunk_delay=0.01)
+    before = rig.front.spawned
+    await rig.slash("/compare", "providers:one,two Stream for a while")
+    await rig.slack.wait_for(lambda: len(rig.slack.thread("C1", rig.slack.parents()[-1].ts)) >= 2)
+    rig.slack.archived.add("C1")
+    archived_at = len(rig.slack.calls)
+    await asyncio.wait_for(rig.front.idle(before + 1), 20)
+    refused = [c for c in rig.slack.calls[archived_at:] if c.error == "is_archived"]
+    assert 1 <= len(refused) <= 6  # each turn gives up on its first refusal; no retry storm
+    turns = rig.services.store.db.execute("select status from turns").fetchall()
+    assert sorted(t[0] for t in turns) == ["finished", "finished"]  # the answers are still recorded
+    assert rig.services.store.open_posts("slack") == []
+
+
+async def test_a_reply_deleted_mid_stream_continues_in_a_new_message(rig: Rig) -> None:
+    rig.front.budgets("T0TEST").streams_enabled = False
+    text = answer(120, "d")
+    rig.llm.scenarios["one-m"] = Scenario(text=text, chunk_chars=5, chunk_delay=0.03)
+    before = rig.front.spawned
+    await rig.slash("/ask", "provider:one Tell me")
+    await rig.slack.wait_for(lambda: len(rig.slack.called("chat.update")) >= 1)
+    (first,) = [m for m in rig.slack.thread("C1", rig.slack.parents()[-1].ts) if "`one/" in m.text]
+    rig.slack.delete(first.ts)
+    await asyncio.wait_for(rig.front.idle(before + 1), 20)
+    parts = [m for m in rig.slack.thread("C1", rig.slack.parents()[-1].ts) if "`one/" in m.text]
+    assert len(parts) == 1 and "(part 2)" in parts[0].text
+    rest = body_of(parts[0])
+    assert rest and text.endswith(rest)  # what was not yet shown arrives in full
+    assert any(c.error == "message_not_found" for c in rig.slack.calls)
+
+
 async def test_long_replies_roll_over_below_slacks_limit(rig: Rig) -> None:
     text = "\n\n".join(answer(80, f"p{i}_") for i in range(24))  # ~11k characters
     rig.llm.scenarios["one-m"] = Scenario(text=text, chunk_chars=40)

@@ -329,6 +329,11 @@ class DiscordSink:
         ref.shown = content
         self._saved(ref, frame)
 
+    @staticmethod
+    def shows(event: Event) -> bool:
+        """Stage titles and the summary get a message; the parent already heads the thread."""
+        return isinstance(event, (StageStarted, DiscussionFinished))
+
     async def notice(self, event: Event) -> None:
         if self.problem is not None:
             return
@@ -400,6 +405,10 @@ class DiscordSink:
         if ref.claim is not None:
             ref.claim.claim(-1)
             ref.claim = None
+
+    def abandon(self, ref: DiscordRef) -> None:
+        """The renderer gave up on this message (Discord kept refusing writes)."""
+        self._close(ref)
 
     def _close(self, ref: DiscordRef) -> None:
         self._release(ref)

@@ -34,7 +34,15 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.slack.format import to_mrkdwn
 from core.events import DiscussionFinished, DiscussionStarted, Event, StageStarted, TurnInfo
-from core.render import Frame, MessageClosed, RateLimited, TokenBucket, WindowBudget, summary_markdown
+from core.render import (
+    Frame,
+    MessageClosed,
+    RateLimited,
+    TokenBucket,
+    Undeliverable,
+    WindowBudget,
+    summary_markdown,
+)
 from core.store import Store
 
 log = logging.getLogger("parley.slack")
@@ -122,6 +130,25 @@ def retry_after(e: SlackApiError) -> float:
             except (TypeError, ValueError):
                 break
     return 1.0
+
+
+# Errors no retry will fix: the renderer stops writing the turn (what is shown stays).
+PERMANENT_ERRORS = frozenset(
+    {
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "thread_not_found",
+        "account_inactive",
+        "token_revoked",
+        "invalid_auth",
+        "not_authed",
+        "no_permission",
+        "restricted_action",
+        "team_access_not_granted",
+        "ekm_access_denied",
+    }
+)
 
 
 def slack_error(e: SlackApiError) -> str:
@@ -283,9 +310,16 @@ class SlackSink:
             self._release(ref)
         if ref.kind == "message":
             text = self._mrkdwn(frame)
-            await self._call(
-                "chat.update", self.client.chat_update, channel=ref.channel, ts=ref.ts, text=text
-            )
+            try:
+                await self._call(
+                    "chat.update", self.client.chat_update, channel=ref.channel, ts=ref.ts, text=text
+                )
+            except SlackApiError as e:
+                if slack_error(e) in ("message_not_found", "cant_update_message"):
+                    # Deleted by someone: the rest of the reply continues in a new message.
+                    self._closed(ref)
+                    raise MessageClosed() from None
+                raise
             ref.shown = text
             self._saved(ref, frame)
             return
@@ -316,7 +350,7 @@ class SlackSink:
                     markdown_text=delta,
                 )
             except SlackApiError as e:
-                if slack_error(e) == "message_not_in_streaming_state":
+                if slack_error(e) in ("message_not_in_streaming_state", "message_not_found"):
                     self._closed(ref)
                     raise MessageClosed() from None
                 raise
@@ -329,6 +363,11 @@ class SlackSink:
             else:
                 await self._stop(ref, None)
         self._saved(ref, frame)
+
+    @staticmethod
+    def shows(event: Event) -> bool:
+        """Stage titles and the summary get a message; the parent already heads the thread."""
+        return isinstance(event, (StageStarted, DiscussionFinished))
 
     async def notice(self, event: Event) -> None:
         if isinstance(event, DiscussionStarted):
@@ -367,6 +406,8 @@ class SlackSink:
         except SlackApiError as e:
             if e.response is not None and e.response.status_code == 429:
                 raise RateLimited(retry_after(e)) from None
+            if slack_error(e) in PERMANENT_ERRORS:
+                raise Undeliverable(f"Slack refused {method}: {slack_error(e)}") from None
             raise
 
     async def _stop(self, ref: SlackRef, text: str | None) -> None:
@@ -402,6 +443,10 @@ class SlackSink:
         if ref.claim is not None:
             ref.claim.claim(-1)
             ref.claim = None
+
+    def abandon(self, ref: SlackRef) -> None:
+        """The renderer gave up on this message (the channel refuses writes)."""
+        self._closed(ref)
 
     def _closed(self, ref: SlackRef) -> None:
         self._release(ref)

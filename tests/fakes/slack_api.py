@@ -77,6 +77,7 @@ class FakeSlackAPI:
         self.ratelimit_next: dict[str, int] = defaultdict(int)
         self.retry_after = 1
         self.fail_next: dict[str, str] = {}
+        self.archived: set[str] = set()  # channels whose chat.* calls answer is_archived
         self.auth_error: str | None = None
         self._windows: dict[tuple[str, str], deque[float]] = defaultdict(deque)
         self._ts = itertools.count(1)
@@ -229,6 +230,8 @@ class FakeSlackAPI:
                 429,
                 {"Retry-After": str(max(1, math.ceil(wait)))},
             )
+        if method.startswith("chat.") and args.get("channel") in self.archived:
+            return self._reply(call, {"ok": False, "error": "is_archived"})
         if method in self.fail_next:
             return self._reply(call, {"ok": False, "error": self.fail_next.pop(method)})
         handler = getattr(self, "_m_" + method.replace(".", "_"), None)
@@ -300,6 +303,10 @@ class FakeSlackAPI:
         m.show(text)
         self.messages[ts] = m
         return {"ok": True, "channel": m.channel, "ts": ts}, {}
+
+    def delete(self, ts: str) -> None:
+        """A moderator deletes a message: later calls on it answer message_not_found."""
+        self.messages.pop(ts, None)
 
     def _stream(self, args: dict[str, Any]) -> Message | dict[str, Any]:
         m = self.messages.get(str(args.get("ts")))
