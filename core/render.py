@@ -161,7 +161,8 @@ class WindowBudget(TokenBucket):
     Non-urgent requests (priority ≥ 1: intermediate edits) leave room in the
     window for the urgent ones still to come (priority < 1: final texts,
     rollovers): ``claims`` counts the messages that will need a final operation
-    from this budget, and progress updates only spend slots beyond those. They
+    from this budget, and progress updates only spend slots beyond those (at
+    most an eighth of the window is held back this way). They
     also draw on a credit that refills at the sustained rate (one per
     ``window / limit`` seconds) and holds at most half the window: a lone reply
     gets the burst and stays fresh, while many concurrent replies are paced
@@ -180,6 +181,7 @@ class WindowBudget(TokenBucket):
         self.limit = limit
         self.window = window + (0.05 * window if latency is None else latency)
         self.claims = 0
+        self.reserve_cap = limit // 8  # none on a small window: every slot counts there
         self.stamps: collections.deque[float] = collections.deque()
         self.pace = self.window / limit if paced else 0.0
         self.credit_cap = max(1.0, limit // 2)
@@ -188,7 +190,9 @@ class WindowBudget(TokenBucket):
 
     @property
     def reserve(self) -> int:
-        return max(1, self.claims)
+        # Capped: slots held for finals that are not ready yet are capacity nobody
+        # uses, and new messages (progress too) would starve behind them.
+        return min(self.claims, self.reserve_cap)
 
     def claim(self, n: int = 1) -> None:
         """``n`` more messages will need a final operation from this budget (negative: released)."""
@@ -249,6 +253,16 @@ class WindowBudget(TokenBucket):
 
 
 UNLIMITED_RATE = math.inf
+_EPOCH = time.monotonic()
+
+
+def rank(urgent: bool, last_flush: float) -> float:
+    """A waiter's priority: finals and rollovers (< 1) before progress updates (≥ 1),
+    and within each, the message shown longest ago first (a message never shown
+    first of all). Notices sit at 0.5. The age term stays below 0.4 (for about
+    nine months of process life; FIFO after that) so the classes never mix."""
+    age = min(0.4, max(0.0, last_flush - _EPOCH) / 6e7) if last_flush else 0.0
+    return (0.0 if urgent else 1.0) + age
 
 
 @dataclass(slots=True)
@@ -565,16 +579,14 @@ class Renderer:
             ok = await self._op(view, msg, frame, final or frame.state == "continued")
             if not ok:
                 return
-            if self.on_visible and frame.raw:
-                self.on_visible(view.turn.turn_id, msg.start + len(frame.raw), time.monotonic())
 
     async def _op(self, view: _View, msg: _Msg, frame: Frame, urgent: bool) -> bool:
         creating = msg.ref is None
-        # Finals and rollovers first; otherwise the message that waited longest.
-        priority = 0.0 if urgent else 1.0 + view.last_flush / 1e6
+        priority = rank(urgent, view.last_flush)
         for attempt in range(self.max_op_retries):
             bucket = budget_for(self.sink, msg.ref, frame)
             await bucket.acquire(priority)
+            frame = self._latest(view, msg, frame, bucket)
             try:
                 if creating:
                     msg.ref = await self.sink.post(frame)
@@ -585,6 +597,8 @@ class Renderer:
                 self.ops += 1
                 msg.sent, msg.sent_state, msg.sent_raw = frame.text, frame.state, len(frame.raw)
                 view.failing_since = None
+                if self.on_visible and frame.raw:
+                    self.on_visible(view.turn.turn_id, msg.start + len(frame.raw), time.monotonic())
                 return True
             except MessageClosed:
                 self._reopen(view, msg)
@@ -606,6 +620,22 @@ class Renderer:
                 await asyncio.sleep(min(2.0, 0.2 * 2**attempt))
         view.dirty.set()  # try again on the next flush rather than drop the text
         return False
+
+    def _latest(self, view: _View, msg: _Msg, frame: Frame, bucket: TokenBucket) -> Frame:
+        """The frame to send now that the budget granted the operation: the text that
+        arrived while it waited goes out with it, and so does the end of the turn if
+        the same budget pays for that. Otherwise (a Slack reply ending before its
+        stream could start; a rollover) the frame the bucket was chosen for is sent
+        and the next flush sends the rest."""
+        self._frames(view)
+        latest = self._display(view, msg, view.msgs.index(msg))
+        if latest.state == frame.state:
+            return latest
+        if getattr(self.sink, "budget", None) is None:
+            return latest
+        if msg.ref is not None and budget_for(self.sink, msg.ref, latest) is bucket:
+            return latest
+        return frame
 
     def _give_up(self, view: _View, why: str) -> None:
         """Nothing more can be written for this turn: keep what is shown, count the loss."""

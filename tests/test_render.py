@@ -268,6 +268,7 @@ async def test_window_budget_allows_the_whole_burst_and_keeps_a_reserve_for_fina
     from core.render import WindowBudget
 
     w = WindowBudget(10, 0.3, latency=0.0)
+    w.reserve_cap = 3
     w.claim(3)  # three messages in flight will need their final edit from this budget
     t = asyncio.get_running_loop().time()
     for _ in range(5):  # half the window is a burst of progress updates
@@ -284,10 +285,22 @@ async def test_window_budget_allows_the_whole_burst_and_keeps_a_reserve_for_fina
     assert w.stamps[-1] >= oldest + 0.3
 
 
+async def test_window_budget_holds_back_at_most_an_eighth_of_the_window() -> None:
+    from core.render import WindowBudget
+
+    w = WindowBudget(16, 10.0, latency=0.0, paced=False)
+    w.claim(20)  # many replies in flight: new messages must still get out
+    for _ in range(14):  # 16 slots, 2 held back for finals
+        await asyncio.wait_for(w.acquire(1.0), 0.05)
+    assert w.reserve == 2 and not w.available()
+    await asyncio.wait_for(w.acquire(0.0), 0.05)  # a final takes a held-back slot at once
+
+
 async def test_window_budget_with_more_claims_than_slots_still_grants_finals() -> None:
     from core.render import WindowBudget
 
     w = WindowBudget(4, 0.2, latency=0.0)
+    w.reserve_cap = 100  # hold back a slot for every claim
     w.claim(9)  # more messages in flight than the window holds
     progress = asyncio.ensure_future(w.acquire(1.0))  # cannot fit while the claims exceed the window
     await asyncio.sleep(0.05)
