@@ -262,17 +262,30 @@ def main() -> dict[str, Any]:
         os.environ.pop("PARLEY_DISCORD_SHARDS", None)
         rows = asyncio.run(run_all())
     by = {(r["strategy"], r["turns"]): r for r in rows}
-    summary = []
+    summary = [
+        "| concurrent turns | strategy | REST calls/reply | 429s | chars lost | fresh p50 | fresh p95 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    ratios = []
     for turns, threads in SIZES:
-        p, n = by[("parley", turns)], by[("naive", turns)]
         where = "1 thread" if threads == 1 else f"{threads} threads"
-        summary.append(
-            f"- Discord, {turns} concurrent turn{'s' if turns > 1 else ''} ({where}): Parley "
-            f"{p['rest_calls_per_reply']} REST calls/reply, {p['http_429']} 429s, {p['chars_lost']} chars lost, "
-            f"freshness p50 {p['freshness_p50_s']} s / p95 {p['freshness_p95_s']} s; naive 1 edit/s: "
-            f"{n['rest_calls_per_reply']} calls/reply, {n['http_429']} 429s, {n['chars_lost']} lost, "
-            f"p50 {n['freshness_p50_s']} s / p95 {n['freshness_p95_s']} s"
-        )
+        for strategy, name in (("parley", "parley"), ("naive", "naive 1 edit/s")):
+            r = by[(strategy, turns)]
+            summary.append(
+                f"| {turns} ({where}) | {name} | {r['rest_calls_per_reply']} | {r['http_429']} | {r['chars_lost']} "
+                f"| {r['freshness_p50_s']} s | {r['freshness_p95_s']} s |"
+            )
+        p, n = by[("parley", turns)], by[("naive", turns)]
+        if p["freshness_p50_s"] and n["freshness_p50_s"]:
+            ratios.append(
+                f"{turns}: p50 ×{n['freshness_p50_s'] / p['freshness_p50_s']:.1f}, "
+                f"p95 ×{n['freshness_p95_s'] / p['freshness_p95_s']:.1f}"
+            )
+    summary += [
+        "",
+        "Naive freshness relative to Parley (higher is staler): " + "; ".join(ratios)
+        + f". Time compressed ×{SCALE:g}; figures in Discord seconds. Chart: `bench/results/discord.png`.",
+    ]
     result = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "setup": {
