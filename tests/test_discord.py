@@ -524,3 +524,24 @@ def test_labels_stay_short() -> None:
     t = TurnInfo("t", "p" * 90, "P", "m" * 90, "x", "N" * 200, "r", "🎯", None)
     assert len(header(t, 3)) <= 150
 
+
+
+async def test_no_secret_reaches_logs_messages_or_the_database(
+    rig: Rig, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+    import os
+
+    caplog.set_level(logging.DEBUG)  # discord.py and aiohttp at their most talkative
+    rig.llm.scenarios["one-m"] = Scenario(text="Fine answer.", chunk_chars=3)
+    rig.llm.scenarios["two-m"] = Scenario(http_error=ve.openai_invalid_key())
+    await rig.run(lambda: rig.interaction("compare", {"prompt": "Price?", "providers": "one,two"}))
+    rig.services.store.db.conn.commit()
+    secrets_ = [os.environ["DISCORD_TOKEN"], *(os.environ[f"K_{p.upper()}"] for p in PROVIDERS)]
+    shown = "\n".join(m.content for m in rig.api.messages.values())
+    stored = Path(os.environ["PARLEY_DB"]).read_bytes()
+    wal = Path(os.environ["PARLEY_DB"] + "-wal")
+    stored += wal.read_bytes() if wal.exists() else b""
+    assert "/messages" in caplog.text  # the client libraries' request logs were captured
+    for s in secrets_:
+        assert s not in caplog.text and s not in shown and s.encode() not in stored

@@ -594,3 +594,24 @@ def test_cli_prints_the_manifest_and_refuses_to_start_without_a_token(capsys: py
     assert printed["settings"]["socket_mode_enabled"] is True
     assert main(["slack"]) == 2
     assert "SLACK_BOT_TOKEN is not set" in capsys.readouterr().err
+
+
+async def test_no_secret_reaches_logs_messages_or_the_database(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import os
+
+    caplog.set_level(logging.DEBUG)  # slack_sdk and bolt at their most talkative
+    rig.llm.scenarios["one-m"] = Scenario(text="Fine answer.")
+    rig.llm.scenarios["two-m"] = Scenario(http_error=ve.moonshot_invalid_auth())
+    await rig.discuss("/compare", "providers:one,two Price?")
+    await rig.slash("/ask", "provider:one Hi", secret="not-the-secret")  # a rejected request is logged too
+    secrets_ = [rig.slack.bot_token, rig.secret, *(os.environ[f"K_{p.upper()}"] for p in PROVIDERS)]
+    shown = "\n".join(m.text for m in rig.slack.messages.values()) + json.dumps(rig.slack.responses)
+    stored = Path(os.environ["PARLEY_DB"]).read_bytes()
+    wal = Path(os.environ["PARLEY_DB"] + "-wal")
+    stored += wal.read_bytes() if wal.exists() else b""
+    assert "chat.postMessage" in caplog.text  # the client libraries' request logs were captured
+    for s in secrets_:
+        assert s not in caplog.text and s not in shown and s.encode() not in stored
