@@ -24,6 +24,7 @@ from core.commands import COMMANDS, OPTIONS
 from core.config import Settings
 from core.errors import UsageError
 from core.services import Services, build_services
+from tests.fakes import database_bytes
 from tests.fakes import vendor_errors as ve
 from tests.fakes.discord_api import FakeDiscordAPI, StoredMessage, iso, snowflake
 from tests.fakes.llm_server import FakeLLMServer, Scenario
@@ -539,9 +540,7 @@ async def test_no_secret_reaches_logs_messages_or_the_database(
     rig.services.store.db.conn.commit()
     secrets_ = [os.environ["DISCORD_TOKEN"], *(os.environ[f"K_{p.upper()}"] for p in PROVIDERS)]
     shown = "\n".join(m.content for m in rig.api.messages.values())
-    stored = Path(os.environ["PARLEY_DB"]).read_bytes()
-    wal = Path(os.environ["PARLEY_DB"] + "-wal")
-    stored += wal.read_bytes() if wal.exists() else b""
+    stored = database_bytes()
     assert "/messages" in caplog.text  # the client libraries' request logs were captured
     for s in secrets_:
         assert s not in caplog.text and s not in shown and s.encode() not in stored

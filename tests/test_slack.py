@@ -26,6 +26,7 @@ from core.commands import COMMANDS
 from core.config import Settings
 from core.errors import UsageError
 from core.services import Services, build_services
+from tests.fakes import database_bytes
 from tests.fakes import vendor_errors as ve
 from tests.fakes.llm_server import FakeLLMServer, Scenario
 from tests.fakes.slack_api import FakeSlackAPI, Message, sign
@@ -609,9 +610,7 @@ async def test_no_secret_reaches_logs_messages_or_the_database(
     await rig.slash("/ask", "provider:one Hi", secret="not-the-secret")  # a rejected request is logged too
     secrets_ = [rig.slack.bot_token, rig.secret, *(os.environ[f"K_{p.upper()}"] for p in PROVIDERS)]
     shown = "\n".join(m.text for m in rig.slack.messages.values()) + json.dumps(rig.slack.responses)
-    stored = Path(os.environ["PARLEY_DB"]).read_bytes()
-    wal = Path(os.environ["PARLEY_DB"] + "-wal")
-    stored += wal.read_bytes() if wal.exists() else b""
+    stored = database_bytes()
     assert "chat.postMessage" in caplog.text  # the client libraries' request logs were captured
     for s in secrets_:
         assert s not in caplog.text and s not in shown and s.encode() not in stored
