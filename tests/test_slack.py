@@ -155,6 +155,7 @@ async def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
                     await front.shutdown()
                     await runner.cleanup()
                     await services.aclose()
+                    await front.services.aclose()  # a test may have swapped them
 
 
 def answer(n: int, seed: str) -> str:
