@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -350,7 +350,7 @@ class Engine:
         conversation: str | None = None,
         front_end: str = "cli",
         discussion_id: str | None = None,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Run a whole discussion. Validation errors raise UsageError before anything is stored."""
         if request.mode is None:
             raise UsageError(f"/{request.command} is not a discussion.")

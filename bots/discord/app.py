@@ -26,7 +26,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import discord
@@ -50,9 +50,9 @@ from bots.discord.sink import (
 from core.commands import COMMANDS, Request, help_text, parse, parse_line
 from core.config import Settings
 from core.errors import ParleyError, UsageError, redact
-from core.events import DiscussionStarted, Event
 from core.render import Renderer
 from core.services import Services
+from core.threads import discuss_in_thread
 
 log = logging.getLogger("parley.discord")
 
@@ -411,39 +411,17 @@ class DiscordFront:
     async def _discuss(
         self, req: Request, channel_id: int, *, in_thread: bool, on_problem: Callable[[str], Awaitable[Any]]
     ) -> None:
-        events = self.services.engine.run(req, conversation=f"discord:{channel_id}", front_end=FRONT_END)
-        try:
-            first = await anext(events)
-        except (UsageError, ParleyError) as e:
-            await on_problem(f"⚠️ {e.message}")
-            return
-        assert isinstance(first, DiscussionStarted)
-        store = self.services.store
-        thread_post = store.record_post(
-            first.discussion_id, None, FRONT_END, str(channel_id),
-            json.dumps({"kind": "thread", "channel": channel_id}),
+        def make_sink(discussion_id: str) -> DiscordSink:
+            return DiscordSink(
+                self.client, channel_id, self.budgets, in_thread=in_thread, store=self.services.store,
+                discussion_id=discussion_id, on_problem=on_problem,
+            )
+
+        await discuss_in_thread(
+            self.services, req, conversation=f"discord:{channel_id}", front_end=FRONT_END,
+            thread=(str(channel_id), {"channel": channel_id}), make_sink=make_sink, on_error=on_problem,
+            on_renderer=self.renderers.append,
         )
-        sink = DiscordSink(
-            self.client, channel_id, self.budgets, in_thread=in_thread, store=store,
-            discussion_id=first.discussion_id, on_problem=on_problem,
-        )
-        renderer = Renderer(sink)
-        self.renderers.append(renderer)
-        try:
-            await renderer.consume(_prepend(first, events))
-        finally:
-            with contextlib.suppress(Exception):
-                await events.aclose()
-        store.close_posts([thread_post])
-
-
-def _prepend(first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[Event]:
-    async def gen() -> AsyncIterator[Event]:
-        yield first
-        async for ev in rest:
-            yield ev
-
-    return gen()
 
 
 # --- entry points -------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -37,9 +37,8 @@ from bots.slack.sink import INTERRUPTED, SlackSink, WorkspaceBudgets, retry_afte
 from core.commands import UMBRELLA, Request, help_text, parse, parse_line
 from core.config import Settings
 from core.errors import ParleyError, UsageError, redact
-from core.events import DiscussionStarted, Event
-from core.render import Renderer
 from core.services import Services
+from core.threads import discuss_in_thread
 
 log = logging.getLogger("parley.slack")
 
@@ -351,49 +350,30 @@ class SlackFront:
         on_error: Callable[[str], Awaitable[Any]],
     ) -> None:
         conversation = f"slack:{team or self.team_id}:{channel}:{thread_ts}"
-        events = self.services.engine.run(req, conversation=conversation, front_end=FRONT_END)
-        try:
-            first = await anext(events)
-        except (UsageError, ParleyError) as e:
-            await on_error(f"⚠️ {e.message}")
-            return
-        assert isinstance(first, DiscussionStarted)
-        store = self.services.store
-        thread_post = store.record_post(
-            first.discussion_id,
-            None,
-            FRONT_END,
-            f"{channel}:{thread_ts}",
-            json.dumps({"channel": channel, "ts": thread_ts, "kind": "thread"}),
+
+        def make_sink(discussion_id: str) -> SlackSink:
+            return SlackSink(
+                self.client,
+                self.budgets(team),
+                channel,
+                thread_ts,
+                store=self.services.store,
+                discussion_id=discussion_id,
+                recipient_user_id=user or None,
+                recipient_team_id=team or self.team_id,
+                customize=self.customize,
+                **({"stream_life": self.stream_life} if self.stream_life is not None else {}),
+            )
+
+        await discuss_in_thread(
+            self.services,
+            req,
+            conversation=conversation,
+            front_end=FRONT_END,
+            thread=(f"{channel}:{thread_ts}", {"channel": channel, "ts": thread_ts}),
+            make_sink=make_sink,
+            on_error=on_error,
         )
-        sink = SlackSink(
-            self.client,
-            self.budgets(team),
-            channel,
-            thread_ts,
-            store=store,
-            discussion_id=first.discussion_id,
-            recipient_user_id=user or None,
-            recipient_team_id=team or self.team_id,
-            customize=self.customize,
-            **({"stream_life": self.stream_life} if self.stream_life is not None else {}),
-        )
-        try:
-            await Renderer(sink).consume(_prepend(first, events))
-            await sink.aclose()
-        finally:
-            with contextlib.suppress(Exception):
-                await events.aclose()
-        store.close_posts([thread_post])
-
-
-def _prepend(first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[Event]:
-    async def gen() -> AsyncIterator[Event]:
-        yield first
-        async for ev in rest:
-            yield ev
-
-    return gen()
 
 
 def _strip_mention(text: str, bot_user_id: str | None) -> str:
