@@ -657,7 +657,7 @@ class Renderer:
             self.on_done(view.turn, msg.ref)
         cut = msg.start + msg.sent_raw
         text = view.text()
-        end = msg.end if msg.end is not None else None
+        end = msg.end
         if end is not None and cut >= end:
             return  # everything this message was meant to carry is already shown
         msg.end = cut

@@ -8,16 +8,62 @@ an interaction follow-up); validation and everything after are the same.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from core.commands import Request
-from core.errors import ParleyError, UsageError
+from core.errors import ParleyError, UsageError, redact
 from core.events import DiscussionStarted, Event
 from core.render import Renderer, Sink
 from core.services import Services
+
+log = logging.getLogger("parley.threads")
+
+
+class Requests:
+    """The requests a chat front-end has taken on and not finished.
+
+    Platforms want an answer within seconds, so each request runs as its own task
+    after the acknowledgement; this keeps them referenced, logs (redacted) what
+    failed, cancels them at shutdown, and lets tests and benchmarks wait for quiet.
+    """
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.spawned = 0
+        self._taken = asyncio.Event()
+
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self.spawned += 1
+        self._taken.set()
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s request failed: %s", type(self).__name__, redact(repr(task.exception())))
+
+    async def idle(self, spawned: int = 0, within: float = 30.0) -> None:
+        """Wait until at least ``spawned`` requests were taken on and every one has finished."""
+        async with asyncio.timeout(within):
+            while self.spawned < spawned:
+                self._taken.clear()
+                await self._taken.wait()
+            while self.tasks:
+                await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+    async def shutdown(self) -> None:
+        for t in list(self.tasks):
+            t.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 async def discuss_in_thread(

@@ -615,3 +615,22 @@ async def test_no_secret_reaches_logs_messages_or_the_database(
     assert "chat.postMessage" in caplog.text  # the client libraries' request logs were captured
     for s in secrets_:
         assert s not in caplog.text and s not in shown and s.encode() not in stored
+
+
+async def test_a_stream_whose_text_changes_mid_message_becomes_a_replaced_message(rig: Rig) -> None:
+    from bots.slack.sink import SlackSink
+    from core.events import TurnInfo
+    from core.render import Frame
+
+    budgets = WorkspaceBudgets()
+    sink = SlackSink(rig.front.client, budgets, "C1", "1.0", recipient_user_id="U1", recipient_team_id="T0TEST")
+    turn = TurnInfo("t1", "one", "one", "one-m")
+    first = Frame(turn, "Hello wor", "Hello wor", 1, "streaming")
+    ref = await sink.post(first) if sink.budget(None, first) else None
+    assert ref is not None and ref.kind == "stream" and budgets.live_streams == 1
+    await sink.edit(ref, Frame(turn, "Goodbye, world", "Goodbye, world", 1, "streaming"))  # not an extension
+    assert ref.kind == "message" and budgets.live_streams == 0
+    assert budgets["chat.appendStream"].claims == 0 and budgets["chat.update"].claims == 1
+    await sink.edit(ref, Frame(turn, "Goodbye, world.", "Goodbye, world.", 1, "done"))
+    (m,) = [m for m in rig.slack.messages.values() if m.ts == ref.ts]
+    assert not m.streaming and body_of(m) == "Goodbye, world." and budgets["chat.update"].claims == 0

@@ -52,7 +52,7 @@ from core.config import Settings
 from core.errors import ParleyError, UsageError, redact
 from core.render import Renderer
 from core.services import Services
-from core.threads import discuss_in_thread
+from core.threads import Requests, discuss_in_thread
 
 log = logging.getLogger("parley.discord")
 
@@ -149,17 +149,15 @@ def thread_name(prompt: str) -> str:
 # --- the front-end ------------------------------------------------------------------------------------------
 
 
-class DiscordFront:
+class DiscordFront(Requests):
     """Event handlers and start-up duties for one client; built once per process."""
 
     def __init__(self, services: Services, client: discord.Client, *, budgets: ChannelBudgets | None = None) -> None:
         self.services = services
         self.client = client
         self.budgets = budgets or ChannelBudgets()
-        self.tasks: set[asyncio.Task[Any]] = set()
-        self.spawned = 0
+        super().__init__()
         self.renderers: list[Renderer] = []
-        self._spawn_event = asyncio.Event()
         client.event(self.on_interaction)
         client.event(self.on_message)
 
@@ -231,34 +229,6 @@ class DiscordFront:
             text = text[:-2]
         text = text[: 2000 - len(note)] + note
         await message.edit(content=text, allowed_mentions=NO_MENTIONS)
-
-    async def shutdown(self) -> None:
-        for t in list(self.tasks):
-            t.cancel()
-        if self.tasks:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
-
-    async def idle(self, spawned: int = 0, within: float = 30.0) -> None:
-        """Wait until at least ``spawned`` requests were taken on and every one has finished."""
-        async with asyncio.timeout(within):
-            while self.spawned < spawned:
-                self._spawn_event.clear()
-                await self._spawn_event.wait()
-            while self.tasks:
-                await asyncio.gather(*list(self.tasks), return_exceptions=True)
-
-    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        self.spawned += 1
-        self._spawn_event.set()
-        self.tasks.add(task)
-        task.add_done_callback(self._done)
-        return task
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("discord task failed: %s", redact(repr(task.exception())))
 
     # --- interactions -----------------------------------------------------------------------------------
     async def on_interaction(self, interaction: discord.Interaction) -> None:

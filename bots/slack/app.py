@@ -38,7 +38,7 @@ from core.commands import UMBRELLA, Request, help_text, parse, parse_line
 from core.config import Settings
 from core.errors import ParleyError, UsageError, redact
 from core.services import Services
-from core.threads import discuss_in_thread
+from core.threads import Requests, discuss_in_thread
 
 log = logging.getLogger("parley.slack")
 
@@ -104,7 +104,7 @@ class Dedupe:
         return True
 
 
-class SlackFront:
+class SlackFront(Requests):
     """The bolt app plus everything it needs; built once per process."""
 
     def __init__(
@@ -122,9 +122,7 @@ class SlackFront:
         self.stream_life = stream_life
         self.workspaces: dict[str, WorkspaceBudgets] = {}
         self.dedupe = Dedupe()
-        self.tasks: set[asyncio.Task[Any]] = set()
-        self.spawned = 0
-        self._taken = asyncio.Event()
+        super().__init__()
         self.customize = False
         self.bot_user_id: str | None = None
         self.team_id: str | None = None
@@ -189,20 +187,6 @@ class SlackFront:
         text = shown.removesuffix(" …") + "\n\n" + INTERRUPTED
         await self.client.chat_update(channel=channel, ts=ts, text=text)
 
-    async def shutdown(self) -> None:
-        for t in list(self.tasks):
-            t.cancel()
-        if self.tasks:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
-
-    async def idle(self, spawned: int = 0) -> None:
-        """Wait until at least ``spawned`` requests were taken on and every one has finished."""
-        while self.spawned < spawned:
-            self._taken.clear()
-            await self._taken.wait()
-        while self.tasks:
-            await asyncio.gather(*list(self.tasks), return_exceptions=True)
-
     def web_app(self) -> web.Application:
         server = AsyncSlackAppServer(port=0, path=EVENTS_PATH, app=self.app)
 
@@ -211,19 +195,6 @@ class SlackFront:
 
         server.web_app.add_routes([web.get("/healthz", healthz)])
         return server.web_app
-
-    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        self.spawned += 1
-        self._taken.set()
-        self.tasks.add(task)
-        task.add_done_callback(self._done)
-        return task
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("discussion task failed: %s", redact(repr(task.exception())))
 
     def budgets(self, team: str | None) -> WorkspaceBudgets:
         key = team or self.team_id or "-"

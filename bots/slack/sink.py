@@ -309,36 +309,26 @@ class SlackSink:
         if frame.state != "streaming":
             self._release(ref)
         if ref.kind == "message":
-            text = self._mrkdwn(frame)
-            try:
-                await self._call(
-                    "chat.update", self.client.chat_update, channel=ref.channel, ts=ref.ts, text=text
-                )
-            except SlackApiError as e:
-                if slack_error(e) in ("message_not_found", "cant_update_message"):
-                    # Deleted by someone: the rest of the reply continues in a new message.
-                    self._closed(ref)
-                    raise MessageClosed() from None
-                raise
-            ref.shown = text
-            self._saved(ref, frame)
+            await self._update(ref, frame)
             return
         final = frame.state != "streaming"
         if not final and time.monotonic() - ref.started > self.stream_life:
-            await self._stop(ref, None)
+            await self._stop(ref)
             raise MessageClosed()
         new = self._markdown(frame)
         delta = self._delta(ref, new)
         if delta is None:
-            # The text changed other than at the end (rare): finish the stream and
-            # replace the message as a whole.
-            await self._stop(ref, None)
-            text = self._mrkdwn(frame)
-            await self._call(
-                "chat.update", self.client.chat_update, channel=ref.channel, ts=ref.ts, text=text
-            )
-            ref.kind, ref.shown = "message", text
-            self._saved(ref, frame)
+            # The text changed other than at the end (rare): end the stream and go on
+            # with the same message as a posted one, replaced as a whole.
+            await self._end_stream(ref)
+            self.budgets.live_streams -= 1
+            ref.kind = "message"
+            if ref.claim is not None:
+                self._release(ref)
+                if not final:
+                    ref.claim = self.edit_budget
+                    ref.claim.claim(1)
+            await self._update(ref, frame)
             return
         if delta:
             try:
@@ -361,7 +351,7 @@ class SlackSink:
                 self._stops.add(task)
                 task.add_done_callback(self._stops.discard)
             else:
-                await self._stop(ref, None)
+                await self._stop(ref)
         self._saved(ref, frame)
 
     @staticmethod
@@ -410,18 +400,30 @@ class SlackSink:
                 raise Undeliverable(f"Slack refused {method}: {slack_error(e)}") from None
             raise
 
-    async def _stop(self, ref: SlackRef, text: str | None) -> None:
+    async def _update(self, ref: SlackRef, frame: Frame) -> None:
+        """Replace a posted message's text."""
+        text = self._mrkdwn(frame)
         try:
-            await self._call(
-                "chat.stopStream",
-                self.client.chat_stopStream,
-                channel=ref.channel,
-                ts=ref.ts,
-                **({"markdown_text": text} if text else {}),
-            )
+            await self._call("chat.update", self.client.chat_update, channel=ref.channel, ts=ref.ts, text=text)
+        except SlackApiError as e:
+            if slack_error(e) in ("message_not_found", "cant_update_message"):
+                # Deleted by someone: the rest of the reply continues in a new message.
+                self._closed(ref)
+                raise MessageClosed() from None
+            raise
+        ref.shown = text
+        self._saved(ref, frame)
+
+    async def _end_stream(self, ref: SlackRef) -> None:
+        try:
+            await self._call("chat.stopStream", self.client.chat_stopStream, channel=ref.channel, ts=ref.ts)
         except SlackApiError as e:
             if slack_error(e) != "message_not_in_streaming_state":
                 raise
+
+    async def _stop(self, ref: SlackRef) -> None:
+        """End a stream and the message with it."""
+        await self._end_stream(ref)
         self._closed(ref)
 
     async def _stop_when_budget_allows(self, ref: SlackRef) -> None:
@@ -429,7 +431,7 @@ class SlackSink:
         for attempt in range(6):
             await bucket.acquire(0.0)
             try:
-                await self._stop(ref, None)
+                await self._stop(ref)
                 return
             except RateLimited as rl:
                 bucket.pause(rl.retry_after)
