@@ -158,11 +158,11 @@ async def bench_compare(services) -> dict[str, Any]:  # type: ignore[no-untyped-
         singles = []
         for name in names:
             evs = await _parley(services, f"ask provider:{name} hi")
-            singles.append(next(e for e in evs if isinstance(e, DiscussionFinished)).total["wall_ms"])
+            singles.append(next(e for e in evs if isinstance(e, DiscussionFinished)).total.wall_ms)
         walls = []
         for _ in range(3):
             evs = await _parley(services, f"compare providers:{','.join(names)} hi")
-            walls.append(next(e for e in evs if isinstance(e, DiscussionFinished)).total["wall_ms"])
+            walls.append(next(e for e in evs if isinstance(e, DiscussionFinished)).total.wall_ms)
         out[str(k)] = {"slowest_single_ms": max(singles), "compare_ms": statistics.median(walls),
                        "ratio": round(statistics.median(walls) / max(singles), 3)}
     return out
@@ -227,9 +227,9 @@ async def bench_concurrency(services) -> dict[str, Any]:  # type: ignore[no-unty
 def bench_console_render() -> dict[str, Any]:
     from rich.console import Console
 
-    from bots.console.app import ConsoleView
+    from bots.console.view import ConsoleView
     from core.events import TurnInfo
-    from core.render import Frame
+    from core.sink import Frame
 
     out = {}
     for n in (1, 3, 8):

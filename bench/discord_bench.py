@@ -110,7 +110,8 @@ async def synthetic(turns: list[Any], probe: Probe) -> AsyncIterator[Any]:
 
 
 async def run_ours(client: Any, threads: list[int], per_thread: int, probe: Probe) -> dict[str, Any]:
-    from bots.discord.sink import ChannelBudgets, DiscordSink
+    from bots.discord.ratelimit import ChannelBudgets
+    from bots.discord.sink import DiscordSink
     from core.render import Renderer
 
     budgets = ChannelBudgets(limit=LIMIT, window=WINDOW / SCALE, global_per_second=50 * SCALE)
@@ -130,7 +131,7 @@ async def run_ours(client: Any, threads: list[int], per_thread: int, probe: Prob
 
 async def run_naive(client: Any, threads: list[int], per_thread: int, probe: Probe) -> dict[str, Any]:
     """One message per turn, edited at most once per NAIVE_INTERVAL; discord.py handles 429s its own way."""
-    from bots.discord.sink import header
+    from bots.discord.format import header
     from core.events import TextDelta, TurnFinished, TurnStarted
 
     async def thread_run(idx: int, thread: int) -> None:
@@ -169,7 +170,8 @@ async def run_naive(client: Any, threads: list[int], per_thread: int, probe: Pro
 
 
 async def measure(strategy: str, turns: int, n_threads: int) -> dict[str, Any]:
-    from bots.discord.app import DiscordFront, configure_api, make_client
+    from bots.discord.app import DiscordFront
+    from bots.discord.config import DiscordSettings, configure_api, make_client
     from core.config import Settings
     from core.services import build_services
     from tests.fakes.discord_api import FakeDiscordAPI, snowflake
@@ -178,11 +180,11 @@ async def measure(strategy: str, turns: int, n_threads: int) -> dict[str, Any]:
     token = base64.b64encode(str(app_id).encode()).decode().rstrip("=") + "." + secrets.token_urlsafe(30)
     async with FakeDiscordAPI(token=token, app_id=app_id, channel_limit=(LIMIT, WINDOW / SCALE)) as api:
         os.environ["DISCORD_API_URL"] = api.base_url
-        settings = Settings()
+        settings = DiscordSettings()
         configure_api(settings)
         probe = Probe()
         api.on_store = probe.on_store
-        async with build_services(settings) as services:
+        async with build_services(Settings()) as services:
             client = make_client(settings)
             front = DiscordFront(services, client)
             await front.login(token)

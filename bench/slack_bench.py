@@ -47,7 +47,7 @@ STRATEGIES = ("parley", "naive-20", "naive-1s")
 def _serve(port_q: mp.Queue, token: str) -> None:  # type: ignore[type-arg]
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {(os.cpu_count() or 1) - 1})
-    from bots.slack.sink import TIER_LIMITS
+    from bots.slack.budgets import TIER_LIMITS
     from tests.fakes.slack_api import FakeSlackAPI
 
     async def go() -> None:
@@ -70,7 +70,16 @@ def chunk_text(d: int, k: int, i: int) -> str:
 
 async def provider(d: int, queue: asyncio.Queue[Any], emits: dict[str, list[tuple[float, int]]]) -> None:
     """Three turns streaming at CHUNK_RATE, into a queue: the provider never waits for Slack."""
-    from core.events import DiscussionFinished, TextDelta, TurnFinished, TurnInfo, TurnStarted, TurnUsage
+    from core.events import (
+        DiscussionFinished,
+        TextDelta,
+        Totals,
+        TurnFinished,
+        TurnInfo,
+        TurnStarted,
+        TurnSummary,
+        TurnUsage,
+    )
 
     infos = [TurnInfo(f"d{d}t{k}", "bench", "Bench", f"m{d}_{k}") for k in range(PANEL)]
     texts = {t.turn_id: "" for t in infos}
@@ -88,12 +97,9 @@ async def provider(d: int, queue: asyncio.Queue[Any], emits: dict[str, list[tupl
             queue.put_nowait(TextDelta(t.turn_id, piece))
     for t in infos:
         queue.put_nowait(TurnFinished(t, texts[t.turn_id], TurnUsage(), 0.0, 0.0))
-    turns = [{"label": t.label, "stage": "answer", "round": 0, "status": "finished", "ttft_ms": 1.0,
-              "latency_ms": 1.0, "input_tokens": 1, "output_tokens": 1, "estimated": False, "cost_usd": 0.0}
-             for t in infos]
-    queue.put_nowait(DiscussionFinished(f"d{d}", "finished", turns,
-                                        {"turns": PANEL, "failed": 0, "input_tokens": 0, "output_tokens": 0,
-                                         "cost_usd": 0.0, "wall_ms": 0.0}))
+    turns = [TurnSummary(t.turn_id, t.label, "answer", 0, t.provider, t.model, None, "finished", None,
+                         1.0, 1.0, 1, 1, 0.0, False) for t in infos]
+    queue.put_nowait(DiscussionFinished(f"d{d}", "finished", turns, Totals(PANEL, 0, 0, 0, 0.0, 0.0)))
     queue.put_nowait(None)
 
 
@@ -125,8 +131,7 @@ async def naive_discussion(client: Any, d: int, emits: dict[str, Any], every: in
     """What a bot without shared budgets does: post, then update on a fixed rule, final update at the end."""
     from slack_sdk.errors import SlackApiError
 
-    from bots.slack.format import to_mrkdwn
-    from bots.slack.sink import header
+    from bots.slack.format import header, to_mrkdwn
     from core.events import TextDelta, TurnFinished, TurnStarted
 
     channel = f"C{d:04d}"
@@ -225,7 +230,7 @@ async def run_one(base_url: str, token: str, strategy: str, n: int) -> dict[str,
     from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
     from slack_sdk.web.async_client import AsyncWebClient
 
-    from bots.slack.sink import WorkspaceBudgets
+    from bots.slack.budgets import WorkspaceBudgets
 
     root = base_url.removesuffix("api/")
     async with aiohttp.ClientSession() as s:

@@ -13,9 +13,15 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from core.commands import COMMANDS, help_text, parse
+from bots.cli_output import print_json_events, print_plain
+from core import info
+from core.commands import COMMANDS, parse
+from core.config import Settings
 from core.errors import ParleyError, UsageError
+from core.present import plain
+from core.services import build_services
 
 FRONT_ENDS = {
     "run": "Start what is configured: Slack and/or Discord when their tokens are set, else the console.",
@@ -57,9 +63,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if cmd in FRONT_ENDS:
             return _front_end(cmd, getattr(args, "args", []))
-        if cmd == "help":
-            print(help_text())
-            return 0
         return asyncio.run(_run(cmd, args))
     except UsageError as e:
         print(f"parley: {e.message}", file=sys.stderr)
@@ -72,11 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def load_front_end(name: str, attr: str = "main"):  # type: ignore[no-untyped-def]
-    """Import ``bots.<name>.app`` (or ``bots.run``); a missing front-end is a clear usage error."""
+def load_front_end(name: str, attr: str = "main") -> Any:
+    """``attr`` of ``bots.<name>.main`` (or ``bots.run``); a missing front-end is a clear usage error."""
     import importlib
 
-    module = "bots.run" if name == "run" else f"bots.{name}.app"
+    module = "bots.run" if name == "run" else f"bots.{name}.main"
     try:
         return getattr(importlib.import_module(module), attr)
     except ModuleNotFoundError as e:
@@ -93,10 +96,6 @@ def _front_end(name: str, rest: list[str]) -> int:
 
 
 async def _run(cmd: str, args: argparse.Namespace) -> int:
-    from core import info
-    from core.config import Settings
-    from core.services import build_services
-
     settings = Settings()
     spec = COMMANDS[cmd]
     request = None
@@ -104,27 +103,16 @@ async def _run(cmd: str, args: argparse.Namespace) -> int:
         request = parse(cmd, " ".join(args.text), max_prompt_chars=settings.max_prompt_chars)
     async with build_services(settings) as services:
         if request is None:
-            rows: list[dict[str, object]]
-            if cmd == "providers":
-                rows = await info.providers_rows(services, check=args.check)
-            elif cmd == "personas":
-                rows = info.personas_rows(services)
-            else:
-                rows = info.usage_rows(services)
-            if args.json:
-                for r in rows:
+            answer = await info.answer(services, cmd, check=getattr(args, "check", False))
+            if getattr(args, "json", False):
+                for r in answer.rows:
                     print(json.dumps(r))
             else:
-                print(await info.info_text(services, cmd) if cmd != "providers"
-                      else info.providers_text(rows, services.catalog.checked))
+                print(plain(answer.doc))
             return 0
         events = services.engine.run(request, conversation=args.conversation, front_end="cli")
         if args.json:
-            from bots.console.render import print_json_events
-
             return await print_json_events(events)
-        from bots.console.render import print_plain
-
         return await print_plain(events, stream_single=request.mode == "single")
 
 

@@ -1,7 +1,9 @@
 """``parley run`` (what ``make run`` starts): every configured front-end.
 
 Slack when ``SLACK_BOT_TOKEN`` is set, Discord when ``DISCORD_TOKEN`` is set
-(both in one process if both are), the terminal console otherwise.
+(both in one process if both are), the terminal console otherwise. Each chat
+front-end's ``bots/<name>/main.py`` says whether it is ``configured()`` and
+``serve(services)``s until cancelled, reading its own settings.
 """
 
 from __future__ import annotations
@@ -10,29 +12,26 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from bots.cli import load_front_end
+from core.config import Settings
+from core.services import build_services
+
+#: The long-running chat front-ends, in start order.
+CHAT_FRONT_ENDS = ("slack", "discord")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from core.config import Settings
-
-    settings = Settings()
-    chat = []
-    if settings.slack_bot_token is not None:
-        chat.append("slack")
-    if settings.discord_token is not None:
-        chat.append("discord")
-    from bots.cli import load_front_end
-
+    chat = [name for name in CHAT_FRONT_ENDS if load_front_end(name, "configured")()]
     if not chat:
         return int(load_front_end("console")(argv))
     serves = {name: load_front_end(name, "serve") for name in chat}  # fail before starting any
+    settings = Settings()
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def serve_all() -> None:
-        from core.services import build_services
-
         async with build_services(settings) as services:
-            await asyncio.gather(*(serve(services, settings) for serve in serves.values()))
+            await asyncio.gather(*(serve(services) for serve in serves.values()))
 
     print(f"parley: starting {' and '.join(chat)} (Ctrl-C to stop)")
     try:

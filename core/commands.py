@@ -7,7 +7,7 @@ The grammar is what a person types after a slash command (or after a mention):
     personas:riley,morgan providers:openai,anthropic/claude-haiku-4-5 Pricing page copy?
 
 Slack's manifest, Discord's app commands, the CLI's sub-commands and ``help``
-are all generated from :data:`COMMANDS` and :data:`OPTIONS`.
+(:func:`core.present.help_doc`) are all generated from :data:`COMMANDS` and :data:`OPTIONS`.
 """
 
 from __future__ import annotations
@@ -237,15 +237,3 @@ def parse_line(line: str, *, default: str = "ask", max_prompt_chars: int = 8000)
         command(first)  # raises with suggestions
     return parse(default, text, max_prompt_chars=max_prompt_chars)
 
-
-def help_text() -> str:
-    lines = ["*Parley*: a panel of AI experts in your chat.", ""]
-    for c in COMMANDS.values():
-        lines.append(f"• `{c.usage}` — {c.summary}")
-    lines.append("")
-    lines.append("Options:")
-    for o in OPTIONS.values():
-        alias = f" (or {', '.join(a + ':' for a in o.aliases)})" if o.aliases else ""
-        lines.append(f"• `{o.name}:`{alias} {o.help}")
-    lines += ["", "Example: " + COMMANDS["compare"].example]
-    return "\n".join(lines)

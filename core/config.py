@@ -28,10 +28,27 @@ def _env(name: str) -> AliasChoices:
     return AliasChoices(name)
 
 
-class Settings(BaseSettings):
+class EnvSettings(BaseSettings):
+    """Settings read from the process environment, then ``.env``, once at start-up.
+
+    The base of core's :class:`Settings` and of each front-end's own settings
+    (``bots/<front-end>/config.py``): every ``SecretStr`` field is registered for
+    redaction the moment it is read.
+    """
+
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
     )
+
+    def model_post_init(self, _ctx: object) -> None:
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                register_secret(value.get_secret_value())
+
+
+class Settings(EnvSettings):
+    """What core uses: storage, providers and personas, limits, timeouts."""
 
     db: Path = Field(default_factory=_default_db, validation_alias=_env("PARLEY_DB"))
     config: Path | None = Field(None, validation_alias=_env("PARLEY_CONFIG"))
@@ -52,25 +69,7 @@ class Settings(BaseSettings):
     health_ttl: float = Field(30.0, validation_alias=_env("PARLEY_HEALTH_TTL"))
     cooldown: float = Field(600.0, validation_alias=_env("PARLEY_COOLDOWN"))
 
-    slack_bot_token: SecretStr | None = Field(None, validation_alias=_env("SLACK_BOT_TOKEN"))
-    slack_app_token: SecretStr | None = Field(None, validation_alias=_env("SLACK_APP_TOKEN"))
-    slack_signing_secret: SecretStr | None = Field(
-        None, validation_alias=_env("SLACK_SIGNING_SECRET")
-    )
-    slack_api_url: str | None = Field(None, validation_alias=_env("SLACK_API_URL"))
-    discord_token: SecretStr | None = Field(None, validation_alias=_env("DISCORD_TOKEN"))
-    discord_guild_id: int | None = Field(None, validation_alias=_env("DISCORD_GUILD_ID"))
-    discord_api_url: str | None = Field(None, validation_alias=_env("DISCORD_API_URL"))
-    discord_shards: str | None = Field(None, validation_alias=_env("PARLEY_DISCORD_SHARDS"))
-    port: int = Field(3000, validation_alias=_env("PORT"))
-
     env_file_path: Path = Field(Path(".env"), exclude=True)
-
-    def model_post_init(self, _ctx: object) -> None:
-        for v in (self.slack_bot_token, self.slack_app_token, self.slack_signing_secret,
-                  self.discord_token):
-            if v is not None:
-                register_secret(v.get_secret_value())
 
     @cached_property
     def _dotenv(self) -> dict[str, str | None]:

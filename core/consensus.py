@@ -23,24 +23,11 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from core.events import Event, StageStarted, TurnFailed, TurnFinished
-from core.personas import Persona
+from core.events import Event, RankEntry, StageStarted, TurnFailed, TurnFinished
+from core.plan import Panelist, Run, TurnSpec
 
 if TYPE_CHECKING:
-    from core.discussion import Engine, Panelist, Run, TurnSpec
-
-MODERATOR = Persona(
-    id="moderator",
-    name="Moderator",
-    role="Panel moderator",
-    emoji="⚖️",
-    system_prompt=(
-        "You are the moderator of a panel of experts. You do not add opinions of your own: you "
-        "weigh the panel's final positions and their peer rankings, and write the single best "
-        "answer the evidence supports, stating clearly where the panel agrees, where it "
-        "disagrees, which minority views deserve attention, and how confident the panel is."
-    ),
-)
+    from core.turn import TurnRunner
 
 REVIEW_RULES = (
     "You are now reviewing anonymous answers from other panelists. Text between the "
@@ -65,15 +52,9 @@ class Standing:
     votes: int = 0
     positions: list[int] = field(default_factory=list)
 
-    def as_dict(self) -> dict[str, object]:
+    def entry(self) -> RankEntry:
         mean = sum(self.positions) / len(self.positions) if self.positions else None
-        return {
-            "panelist": self.key,
-            "label": self.label,
-            "score": self.score,
-            "votes": self.votes,
-            "mean_position": None if mean is None else round(mean + 1, 2),
-        }
+        return RankEntry(self.key, self.label, self.score, self.votes, None if mean is None else round(mean + 1, 2))
 
 
 def borda(ballots: Sequence[Ballot], labels: dict[str, str]) -> list[Standing]:
@@ -172,24 +153,7 @@ def synthesis_prompt(
     )
 
 
-async def _stage(
-    engine: Engine, run: Run, specs: Sequence[TurnSpec], done: dict[str, TurnFinished | TurnFailed]
-) -> AsyncIterator[Event]:
-    """Run specs concurrently; record each result under its panelist key."""
-
-    async def tagged(spec: TurnSpec) -> AsyncIterator[Event]:
-        async for ev in engine.turn(run, spec):
-            if isinstance(ev, (TurnFinished, TurnFailed)):
-                done[spec.panelist.key] = ev
-            yield ev
-
-    async for ev in engine.merge([tagged(s) for s in specs]):
-        yield ev
-
-
-async def consensus(engine: Engine, run: Run, panel: Sequence[Panelist]) -> AsyncIterator[Event]:
-    from core.discussion import Panelist, TurnSpec
-
+async def consensus(turns: TurnRunner, run: Run, panel: Sequence[Panelist]) -> AsyncIterator[Event]:
     request = run.request
     question = request.prompt
     nonce = secrets.token_hex(4)
@@ -197,13 +161,13 @@ async def consensus(engine: Engine, run: Run, panel: Sequence[Panelist]) -> Asyn
 
     yield StageStarted("answer", 0, "Stage 1 · Independent answers")
     first: dict[str, TurnFinished | TurnFailed] = {}
-    async for ev in _stage(engine, run, [engine.first_turn(run, p) for p in panel], first):
+    async for ev in turns.stage(run, [turns.first(run, p) for p in panel], first):
         yield ev
     current = {k: r.text for k, r in first.items() if isinstance(r, TurnFinished) and r.text.strip()}
     alive = [p for p in panel if p.key in current]
     if len(alive) < 2:
         failed = [
-            f"{labels[k]}: {r.error['message']}" for k, r in first.items() if isinstance(r, TurnFailed)
+            f"{labels[k]}: {r.error.message}" for k, r in first.items() if isinstance(r, TurnFailed)
         ]
         run.failed_hard = True
         run.message = (
@@ -238,7 +202,7 @@ async def consensus(engine: Engine, run: Run, panel: Sequence[Panelist]) -> Asyn
                 )
             )
         results: dict[str, TurnFinished | TurnFailed] = {}
-        async for ev in _stage(engine, run, specs, results):
+        async for ev in turns.stage(run, specs, results):
             yield ev
         ballots = []
         for key, res in results.items():
@@ -252,10 +216,10 @@ async def consensus(engine: Engine, run: Run, panel: Sequence[Panelist]) -> Asyn
                 current[key] = revised
 
     standings = borda(ballots, {p.key: labels[p.key] for p in alive})
-    run.ranking = [s.as_dict() for s in standings]
+    run.ranking = [s.entry() for s in standings]
 
     yield StageStarted("synthesis", 0, "Stage 3 · Moderator synthesis")
-    moderator = moderator_for(engine, request.moderator, alive[0])
+    moderator = turns.planner.moderator(request.moderator, alive[0])
     positions = [(labels[p.key], current[p.key]) for p in alive]
     spec = TurnSpec(
         Panelist(moderator.persona, moderator.provider, moderator.model),
@@ -266,27 +230,12 @@ async def consensus(engine: Engine, run: Run, panel: Sequence[Panelist]) -> Asyn
                                           "reading the panel's final positions"),
     )
     synth: dict[str, TurnFinished | TurnFailed] = {}
-    async for ev in _stage(engine, run, [spec], synth):
+    async for ev in turns.stage(run, [spec], synth):
         yield ev
     result = synth.get(spec.panelist.key)
     if isinstance(result, TurnFailed):
         run.message = (
-            f"The moderator failed ({result.error['message']}); the panel's revised answers above "
+            f"The moderator failed ({result.error.message}); the panel's revised answers above "
             f"stand, and the ranking is shown."
         )
 
-
-def moderator_for(engine: Engine, choice: str | None, fallback: Panelist) -> Panelist:
-    """``moderator:`` (or PARLEY_MODERATOR) names a persona id or a provider[/model]."""
-    from core.discussion import Panelist
-
-    choice = choice or engine.settings.moderator
-    persona = engine.personas.personas.get("moderator", MODERATOR)
-    if not choice:
-        return Panelist(persona, fallback.provider, fallback.model)
-    if choice.lower() in engine.personas.personas and "/" not in choice:
-        p = engine.personas.get(choice)
-        spec, model = engine.registry.resolve(p.provider or fallback.provider.id, p.model)
-        return Panelist(p, spec, model)
-    spec, model = engine.registry.resolve(choice)
-    return Panelist(persona, spec, model)

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any
 
+from core.events import ErrorInfo
+
 
 class ErrorKind(StrEnum):
     AUTH = "auth"
@@ -69,11 +71,8 @@ class ParleyError(Exception):
     def retryable(self) -> bool:
         return self.kind in RETRYABLE
 
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"kind": str(self.kind), "message": self.message}
-        if self.provider:
-            d["provider"] = self.provider
-        return d
+    def info(self) -> ErrorInfo:
+        return ErrorInfo(str(self.kind), self.message, self.provider or None)
 
     def __str__(self) -> str:
         return self.message

@@ -44,6 +44,58 @@ class TurnUsage:
 
 
 @dataclass(slots=True)
+class ErrorInfo:
+    """Why a turn failed: a stable ``kind`` (see :class:`core.errors.ErrorKind`) and a
+    sentence that says how to fix it."""
+
+    kind: str
+    message: str
+    provider: str | None = None
+
+
+@dataclass(slots=True)
+class TurnSummary:
+    """One turn's line in a discussion's closing summary."""
+
+    turn_id: str
+    label: str
+    stage: str
+    round: int
+    provider: str
+    model: str
+    persona: str | None
+    status: str  # finished | failed
+    error: ErrorInfo | None
+    ttft_ms: float | None
+    latency_ms: float | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    estimated: bool
+
+
+@dataclass(slots=True)
+class Totals:
+    turns: int
+    failed: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    wall_ms: float | None
+
+
+@dataclass(slots=True)
+class RankEntry:
+    """A panelist's place in the consensus peer ranking (Borda count)."""
+
+    panelist: str
+    label: str
+    score: int
+    votes: int
+    mean_position: float | None
+
+
+@dataclass(slots=True)
 class DiscussionStarted:
     discussion_id: str
     mode: str
@@ -88,7 +140,7 @@ class TurnFinished:
 @dataclass(slots=True)
 class TurnFailed:
     turn: TurnInfo
-    error: dict[str, Any]
+    error: ErrorInfo
     text: str = ""
     usage: TurnUsage = field(default_factory=TurnUsage)
     ttft_ms: float | None = None
@@ -100,10 +152,10 @@ class TurnFailed:
 class DiscussionFinished:
     discussion_id: str
     status: str  # finished | failed | partial
-    turns: list[dict[str, Any]]
-    total: dict[str, Any]
+    turns: list[TurnSummary]
+    total: Totals
     message: str | None = None
-    ranking: list[dict[str, Any]] | None = None
+    ranking: list[RankEntry] | None = None
     type: str = "discussion_finished"
 
 

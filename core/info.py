@@ -1,19 +1,25 @@
-"""The informational commands (providers, personas, usage, help) as data and text.
+"""The informational commands (providers, personas, usage, help), dispatched once.
 
-Every front-end shows the same facts: rows for ``--json`` and the text form
-(markdown-ish; each front-end's renderer adapts it) for chat.
+:func:`answer` returns rows (for ``--json``) and a :data:`core.present.Doc`
+that every front-end renders in its own markup.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
-from core.commands import help_text
+from core import present
+from core.present import Doc
 from core.services import Services
 
 
-def _price(x: float | None) -> str:
-    return "—" if x is None else f"${x:g}"
+@dataclass(slots=True)
+class InfoAnswer:
+    command: str
+    rows: list[dict[str, Any]]
+    doc: Doc
 
 
 async def providers_rows(services: Services, *, check: bool = False) -> list[dict[str, Any]]:
@@ -43,19 +49,6 @@ async def providers_rows(services: Services, *, check: bool = False) -> list[dic
     return rows
 
 
-def providers_text(rows: list[dict[str, Any]], checked: str) -> str:
-    lines = [f"*Providers* (prices USD per 1M tokens in/cached/out, as of {checked})"]
-    for r in rows:
-        star = " ★ default" if r["default"] else ""
-        price = f"{_price(r['price_input'])}/{_price(r['price_cached_input'])}/{_price(r['price_output'])}"
-        lines.append(f"• `{r['id']}` {r['label']} — *{r['status']}*{star} · {r['default_model']} · {price}")
-        if r["status"] == "not_configured" and r["key_env"]:
-            lines.append(f"    set {r['key_env']} to enable")
-        elif r["status"] not in ("ok", "not_configured") and r["message"]:
-            lines.append(f"    {r['message']}")
-    return "\n".join(lines)
-
-
 def personas_rows(services: Services) -> list[dict[str, Any]]:
     return [
         {
@@ -70,40 +63,34 @@ def personas_rows(services: Services) -> list[dict[str, Any]]:
     ]
 
 
-def personas_text(rows: list[dict[str, Any]]) -> str:
-    lines = ["*Personas* — use persona:ID (or personas:a,b,c)"]
-    for r in rows:
-        exp = f" — {', '.join(r['expertise'])}" if r["expertise"] else ""
-        lines.append(f"• {r['emoji'] or '•'} `{r['id']}` *{r['name']}*, {r['role']}{exp}")
-    return "\n".join(lines)
+async def _providers(services: Services, check: bool) -> InfoAnswer:
+    rows = await providers_rows(services, check=check)
+    return InfoAnswer("providers", rows, present.providers_doc(rows, services.catalog.checked))
 
 
-def usage_rows(services: Services) -> list[dict[str, Any]]:
-    return services.store.usage_summary()
+async def _personas(services: Services, check: bool) -> InfoAnswer:
+    rows = personas_rows(services)
+    return InfoAnswer("personas", rows, present.personas_doc(rows))
 
 
-def usage_text(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "*Usage*: nothing recorded yet."
-    lines = ["*Usage* by provider and model"]
-    total = 0.0
-    for r in rows:
-        est = f" ({r['estimated_turns']} estimated)" if r["estimated_turns"] else ""
-        lines.append(
-            f"• `{r['provider']}/{r['model']}` — {r['turns']} turns ({r['failed']} failed), "
-            f"{r['input_tokens']:,} in / {r['output_tokens']:,} out tokens{est}, ${r['cost_usd']:.4f}"
-        )
-        total += r["cost_usd"]
-    lines.append(f"Total: ${total:.4f}")
-    return "\n".join(lines)
+async def _usage(services: Services, check: bool) -> InfoAnswer:
+    rows = services.store.usage_summary()
+    return InfoAnswer("usage", rows, present.usage_doc(rows))
 
 
-async def info_text(services: Services, command: str) -> str:
-    """The chat answer for an informational command."""
-    if command == "providers":
-        return providers_text(await providers_rows(services), services.catalog.checked)
-    if command == "personas":
-        return personas_text(personas_rows(services))
-    if command == "usage":
-        return usage_text(usage_rows(services))
-    return help_text()
+async def _help(services: Services, check: bool) -> InfoAnswer:
+    return InfoAnswer("help", present.help_rows(), present.help_doc())
+
+
+#: Every informational command of :data:`core.commands.COMMANDS` (those without a mode).
+INFO: dict[str, Callable[[Services, bool], Awaitable[InfoAnswer]]] = {
+    "providers": _providers,
+    "personas": _personas,
+    "usage": _usage,
+    "help": _help,
+}
+
+
+async def answer(services: Services, command: str, *, check: bool = False) -> InfoAnswer:
+    """The answer to an informational command, for any front-end."""
+    return await INFO[command](services, check)

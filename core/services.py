@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from core.config import Settings
 from core.discussion import Engine
 from core.personas import PersonaBook
-from core.providers.http import AiohttpClient, HTTPClient
+from core.providers.base import HTTPClient
+from core.providers.catalog import load_catalog
+from core.providers.http import AiohttpClient
 from core.providers.registry import Registry
-from core.providers.spec import Catalog, load_catalog
+from core.providers.spec import Catalog
 from core.store import Store
 
 

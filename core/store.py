@@ -20,7 +20,7 @@ from typing import Any
 import sqlite_utils
 
 from core.errors import ErrorKind, redact
-from core.events import TurnInfo, TurnUsage
+from core.events import ErrorInfo, TurnInfo, TurnUsage
 from core.migrations import MIGRATIONS
 
 
@@ -188,7 +188,7 @@ class Store:
         ttft_ms: float | None,
         latency_ms: float,
         reasoning_chars: int = 0,
-        error: dict[str, Any] | None = None,
+        error: ErrorInfo | None = None,
     ) -> None:
         self.db.table("turns").update(
             turn_id,
@@ -196,8 +196,8 @@ class Store:
                 "status": status,
                 "text": text,
                 "reasoning_chars": reasoning_chars,
-                "error_kind": error["kind"] if error else None,
-                "error_message": redact(error["message"]) if error else None,
+                "error_kind": error.kind if error else None,
+                "error_message": redact(error.message) if error else None,
                 "input_tokens": usage.input_tokens,
                 "output_tokens": usage.output_tokens,
                 "cached_tokens": usage.cached_tokens,
@@ -299,6 +299,10 @@ class Store:
     def update_post_text(self, post_id: int, text: str) -> None:
         """Remember what an open platform message shows now (for the restart note)."""
         self.db.execute("update posts set text = ? where id = ?", [redact(text), post_id])
+
+    def update_post_ref(self, post_id: int, ref: str) -> None:
+        """How to find an open platform message changed (a stream became a plain message)."""
+        self.db.execute("update posts set ref = ? where id = ?", [ref, post_id])
 
     def open_posts(self, front_end: str) -> list[dict[str, Any]]:
         return list(self.db.table("posts").rows_where("front_end = ? and open = 1", [front_end]))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -18,8 +17,10 @@ from typing import Any
 from core.commands import Request
 from core.errors import ParleyError, UsageError, redact
 from core.events import DiscussionStarted, Event
-from core.render import Renderer, Sink
+from core.ledger import Ledger
+from core.render import Renderer
 from core.services import Services
+from core.sink import Sink
 
 log = logging.getLogger("parley.threads")
 
@@ -82,7 +83,8 @@ async def discuss_in_thread(
     ``thread`` is ``(destination, ref)`` as the front-end's restart recovery reads it
     back (``ref`` gets ``"kind": "thread"``). ``make_sink(discussion_id)`` builds the
     sink; ``on_error`` shows a refusal (unknown persona, provider paused…) to the
-    person who asked, before anything is posted.
+    person who asked, before anything is posted. The renderer keeps the ledger of
+    open messages; the thread itself stays in it until the discussion ends.
     """
     events = services.engine.run(req, conversation=conversation, front_end=front_end)
     try:
@@ -91,24 +93,20 @@ async def discuss_in_thread(
         await on_error(f"⚠️ {e.message}")
         return
     assert isinstance(first, DiscussionStarted)
-    store = services.store
-    destination, ref = thread
-    thread_post = store.record_post(
-        first.discussion_id, None, front_end, destination, json.dumps({**ref, "kind": "thread"})
-    )
     sink = make_sink(first.discussion_id)
-    renderer = Renderer(sink)
+    ledger = Ledger(services.store, first.discussion_id, sink)
+    destination, ref = thread
+    thread_entry = ledger.thread(destination, ref)
+    renderer = Renderer(sink, ledger=ledger)
     if on_renderer is not None:
         on_renderer(renderer)
     try:
         await renderer.consume(_prepend(first, events))
-        aclose = getattr(sink, "aclose", None)  # a sink may finish work in the background
-        if aclose is not None:
-            await aclose()
+        await sink.aclose()  # a sink may finish work in the background
     finally:
         with contextlib.suppress(Exception):
             await events.aclose()
-    store.close_posts([thread_post])
+    ledger.close(thread_entry)
 
 
 async def _prepend(first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[Event]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.config import Settings
-from core.providers.spec import load_catalog
+from core.providers.catalog import load_catalog
 from core.services import Services, build_services
 
 

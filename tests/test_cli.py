@@ -53,12 +53,18 @@ def env(server: FakeLLMServer, tmp_path: Path) -> dict[str, str]:
     }
 
 
-def parley(env: dict[str, str], *args: str, cwd: Path | None = None) -> tuple[int, list[dict], str]:
+def parley_text(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    """Run the command; its exit code, stdout and stderr."""
     p = subprocess.run([sys.executable, "-m", "bots.cli", *args], env=env, capture_output=True, text=True,
                        timeout=60, cwd=Path(__file__).resolve().parent.parent)
-    events = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
     assert SECRET not in p.stdout and SECRET not in p.stderr  # secrets never printed
-    return p.returncode, events, p.stderr
+    return p.returncode, p.stdout, p.stderr
+
+
+def parley(env: dict[str, str], *args: str, cwd: Path | None = None) -> tuple[int, list[dict], str]:
+    rc, out, err = parley_text(env, *args)
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return rc, events, err
 
 
 def failure(events: list[dict]) -> dict:
@@ -86,8 +92,10 @@ def test_ask_json_success_events(server: FakeLLMServer, env: dict[str, str]) -> 
 
 def test_plain_output_streams_answer(server: FakeLLMServer, env: dict[str, str]) -> None:
     server.scenarios["ok"] = Scenario(text="Plain answer.")
-    rc, _, err = parley(env, "ask", "provider:acme", "hi")
+    rc, out, err = parley_text(env, "ask", "provider:acme", "hi")
     assert rc == 0
+    assert out == "Plain answer.\n"  # the answer itself on stdout, nothing else
+    assert "acme/ok" in err and "1 turns (0 failed)" in err  # label and summary on stderr
 
 
 @pytest.mark.parametrize(
@@ -176,4 +184,30 @@ def test_compare_and_consensus_json(server: FakeLLMServer, env: dict[str, str]) 
     rc, events, _ = parley(env, "consensus", "--json", "providers:acme,anth", "Q?")
     assert rc == 0
     assert [e["stage"] for e in events if e["type"] == "stage_started"] == ["answer", "review", "synthesis"]
+    # every turn runs inside the stage announced before it, labelled with that stage
+    current, ran = None, []
+    for e in events:
+        if e["type"] == "stage_started":
+            current = (e["stage"], e["round"])
+        elif e["type"] in ("turn_started", "turn_finished", "turn_failed"):
+            assert (e["stage"], e["round"]) == current, e
+            if e["type"] != "turn_started":
+                ran.append((e["stage"], e["provider"], e["type"], e["text"]))
+    text = "An answer. RANKING: A\nREVISED ANSWER: better"
+    assert len(ran) == 5
+    assert sorted(ran[:2]) == [("answer", p, "turn_finished", text) for p in ("acme", "anth")]
+    assert sorted(ran[2:4]) == [("review", p, "turn_finished", text) for p in ("acme", "anth")]
+    assert ran[4] == ("synthesis", "acme", "turn_finished", text)  # moderator on the first panelist's provider
     assert events[-1]["ranking"]
+
+
+def test_plain_output_carries_no_chat_markup(server: FakeLLMServer, env: dict[str, str]) -> None:
+    server.default = Scenario(text="An answer. RANKING: A\nREVISED ANSWER: better")
+    rc, _, err = parley(env, "consensus", "providers:acme,anth", "Q?")
+    assert rc == 0
+    assert "\nTotal: 5 turns (0 failed)" in err and "Peer ranking (Borda): 1." in err
+    assert "*" not in err  # core hands structure to the CLI, which prints it plain
+    p = subprocess.run([sys.executable, "-m", "bots.cli", "personas"], env=env, capture_output=True, text=True,
+                       timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert p.returncode == 0 and "Personas — use persona:ID" in p.stdout and "riley Riley Engstrom" in p.stdout
+    assert "*" not in p.stdout and "`" not in p.stdout

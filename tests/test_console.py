@@ -75,14 +75,29 @@ async def test_follow_up_keeps_context_and_new_resets(setup) -> None:
 
 async def test_consensus_shows_stages(setup) -> None:
     services, llm = setup
-    llm.default = Scenario(text="Answer. RANKING: A > B\nREVISED ANSWER: revised view")
+    llm.default = Scenario(echo=True)  # each turn echoes its prompt: its text says which stage it answered
     c = console()
     result = await ConsoleApp(services, c).handle("/consensus providers:one,two,three Should we?")
     out = c.export_text()
     assert isinstance(result, DiscussionFinished) and result.status == "finished"
-    for title in ("Stage 1", "Stage 2", "Stage 3"):
-        assert title in out
-    assert "Peer ranking" in out
+    titles = ["Stage 1 · Independent answers", "Stage 2 · Anonymous review, round 1",
+              "Stage 3 · Moderator synthesis", "─ summary ─"]
+    at = [out.find(t) for t in titles]
+    assert -1 not in at and at == sorted(at), at
+    answers, reviews, synthesis = (out[a:b] for a, b in zip(at[:-1], at[1:], strict=True))
+    summary = out[at[-1]:]
+    # each stage's turns are shown under that stage's title, one panel per panelist
+    for stage in (answers, reviews):
+        assert all(f"╭─ {p}/{p}-m ─" in stage for p in ("one", "two", "three"))
+    assert answers.count("ECHO: Should we?") == 3 and "anonymised as" not in answers
+    assert reviews.count("ECHO: The panel was asked") == 3 and reviews.count("anonymised as A, B") == 3
+    assert "Final positions" not in reviews
+    assert "╭─ ⚖️ Moderator · one/one-m ─" in synthesis
+    assert synthesis.count("ECHO: The panel was asked") == 1 and "Final positions" in synthesis
+    assert "7 turns (0 failed)" in summary and "Peer ranking" in summary
+    for p in ("one", "two", "three"):
+        assert f"✅ {p}/{p}-m:" in summary and f"✅ {p}/{p}-m · review 1:" in summary
+    assert "✅ ⚖️ Moderator · one/one-m · synthesis:" in summary
 
 
 async def test_bad_input_and_info_commands(setup) -> None:

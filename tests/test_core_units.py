@@ -10,7 +10,7 @@ import pytest
 
 from core import commands
 from core.errors import ErrorKind, UsageError, classify, redact, register_secret, retry_after_seconds
-from core.providers.spec import load_catalog
+from core.providers.catalog import load_catalog
 from core.providers.sse import parse_sse
 from core.store import Store
 from core.usage import cost_usd, turn_usage
@@ -228,3 +228,55 @@ def test_migrations_from_empty_database(tmp_path: Path) -> None:
     again = Store(db)
     assert again.migrate() == []  # idempotent
     again.close()
+
+
+def test_an_unknown_wire_is_refused_with_the_known_ones(tmp_path: Path) -> None:
+    from core.providers.wires import WIRES
+
+    cfg = tmp_path / "wire.toml"
+    cfg.write_text(
+        '[providers.acme]\nlabel = "A"\nwire = "openai_chats"\ndefault_model = "m"\n[providers.acme.models.m]\n'
+    )
+    with pytest.raises(UsageError) as e:
+        load_catalog(cfg)
+    assert "wire.toml" in e.value.message and "[providers.acme]" in e.value.message
+    assert "Did you mean 'openai_chat'" in e.value.message
+    assert all(name in e.value.message for name in WIRES)
+
+
+def test_every_catalog_wire_builds_from_the_table() -> None:
+    from core.providers.wires import WIRES
+
+    assert {p.wire for p in load_catalog().providers.values()} <= set(WIRES)
+
+
+def test_every_informational_command_is_answered_by_the_one_dispatch() -> None:
+    from core.info import INFO
+
+    assert set(INFO) == {c.name for c in commands.COMMANDS.values() if c.mode is None}
+
+
+def test_core_text_is_structure_and_plain_text_has_no_markup() -> None:
+    from core.events import DiscussionFinished, ErrorInfo, RankEntry, Totals, TurnSummary
+    from core.present import help_doc, plain, render, summary_doc
+
+    failed = TurnSummary("t2", "kimi/k2", "review", 1, "kimi", "k2", None, "failed",
+                         ErrorInfo("quota_exhausted", "Top up <!channel> *now*"), None, 1.0, 0, 0, 0.0, False)
+    ok = TurnSummary("t1", "openai/gpt", "answer", 0, "openai", "gpt", None, "finished", None,
+                     120.0, 900.0, 10, 20, 0.0012, True)
+    ev = DiscussionFinished("d", "partial", [ok, failed], Totals(2, 1, 10, 20, 0.0012, 950.0), "note",
+                            [RankEntry("k", "Riley", 5, 2, 1.0)])
+    text = plain(summary_doc(ev))
+    assert text.splitlines() == [
+        "✅ openai/gpt: 0.1s to first token, 0.9s, 10+20 tokens (est.), $0.0012",
+        "⚠️ kimi/k2 · review 1: quota_exhausted — Top up <!channel> *now*",
+        "Total: 2 turns (1 failed), 10+20 tokens, $0.0012, 0.9s",
+        "Peer ranking (Borda): 1. Riley (5)",
+        "note",
+    ]
+    # a front-end's markup and escaping apply to every span; provider text cannot pose as markup
+    marked = render(summary_doc(ev), styles={"strong": lambda s: f"<b>{s}</b>"}, escape=lambda s: s.replace("<", "&lt;"))
+    assert "<b>Total</b>: 2 turns" in marked and "&lt;!channel>" in marked and "<!channel>" not in marked
+    help_plain = plain(help_doc())
+    assert "/compare" in help_plain and "*" not in help_plain and "`" not in help_plain
+

@@ -16,10 +16,13 @@ from typing import Any
 import discord
 import pytest
 
-from bots.discord import app as discord_app
-from bots.discord.app import DiscordFront, make_client, parse_shards, thread_name
+from bots.discord import main as discord_main
+from bots.discord.app import DiscordFront
 from bots.discord.commands import command_payloads, request_from
-from bots.discord.sink import CONTENT_LIMIT, INTERRUPTED, THREAD_INTERRUPTED, ChannelBudgets, header
+from bots.discord.config import DiscordSettings, configure_api, invite_url, make_client, parse_shards
+from bots.discord.format import CONTENT_LIMIT, header, thread_name
+from bots.discord.ratelimit import CHANNEL_LIMIT, CHANNEL_WINDOW, ChannelBudgets
+from bots.discord.recovery import INTERRUPTED, THREAD_INTERRUPTED
 from core.commands import COMMANDS, OPTIONS
 from core.config import Settings
 from core.errors import UsageError
@@ -168,12 +171,14 @@ async def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
         monkeypatch.setenv("DISCORD_TOKEN", token)
         monkeypatch.setenv("DISCORD_API_URL", api.base_url)
         monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)  # restored after the test
-        settings = Settings()
-        discord_app.configure_api(settings)
-        services = build_services(settings)
+        settings = DiscordSettings()
+        configure_api(settings)
+        services = build_services(Settings())
         client = make_client(settings, guild_ready_timeout=0.01)
-        # Generous budgets: tests check behaviour, the benchmark checks Discord's real limits.
-        front = DiscordFront(services, client, budgets=ChannelBudgets(limit=1000, window=1.0))
+        # Discord's real per-channel budgets (5 writes per 5 s): what runs in production is what is tested.
+        budgets = ChannelBudgets()
+        assert (budgets.limit, budgets.window) == (CHANNEL_LIMIT, CHANNEL_WINDOW) == (5, 5.0)
+        front = DiscordFront(services, client, budgets=budgets)
         guild, channel = snowflake(), snowflake()
         api.add_channel(channel, guild)
         try:
@@ -222,6 +227,9 @@ async def test_compare_streams_each_turn_into_a_thread(rig: Rig) -> None:
     assert sorted(by_provider.values()) == ["First provider says launch Tuesday.",
                                             "Second provider says launch Thursday."]
     # every turn message was edited as it streamed, and nothing went through the interaction webhook
+    for m in turns:
+        edits = rig.api.calls_to("PATCH", f"/channels/{thread_id}/messages/{m.id}")
+        assert edits and edits[-1].body["content"] == m.content
     assert not rig.api.followups
     # a closing summary with time, tokens and cost
     last = rig.api.channel_messages(thread_id)[-1].content
@@ -234,9 +242,10 @@ async def test_compare_streams_each_turn_into_a_thread(rig: Rig) -> None:
 
 
 async def test_long_answer_rolls_over_beyond_2000_chars(rig: Rig) -> None:
-    sentences = [f"Sentence number {i} explains one more detail of the plan." for i in range(120)]
-    answer = " ".join(sentences[:60]) + "\n\n" + " ".join(sentences[60:])
-    assert len(answer) > 2 * CONTENT_LIMIT
+    # Just over two messages' worth: three parts, five writes with the summary (one channel window).
+    sentences = [f"Sentence number {i} explains one more detail of the plan." for i in range(72)]
+    answer = " ".join(sentences[:36]) + "\n\n" + " ".join(sentences[36:])
+    assert 2 * CONTENT_LIMIT < len(answer) < 3 * CONTENT_LIMIT
     rig.llm.scenarios["one-m"] = Scenario(text=answer, chunk_chars=40)
     await rig.run(lambda: rig.interaction("ask", {"prompt": "Explain the plan", "provider": "one"}))
     [thread_id] = rig.thread_ids()
@@ -253,8 +262,13 @@ async def test_each_failure_in_its_own_message_while_the_rest_continue(rig: Rig)
     rig.llm.scenarios["three-m"] = Scenario(text="Partial answer that never ends", chunk_chars=5,
                                             drop_after_chunks=3)
     await rig.run(lambda: rig.interaction("compare", {"prompt": "Price?", "providers": "one,two,three"}))
+    assert len(rig.llm.requests_for("two-m")) == 1
     await rig.run(lambda: rig.interaction("ask", {"prompt": "Fine?", "provider": "two"}))  # auth: cooled down
     threads = rig.thread_ids()
+    assert len(threads) == 2
+    (again,) = [m for m in rig.turn_messages(threads[1]) if m.content.startswith("`two/two-m`")]
+    assert "⚠️" in again.content and "paused two" in again.content
+    assert len(rig.llm.requests_for("two-m")) == 1  # not sent again while paused
     turns = {m.content.split("\n", 1)[0]: m.content for m in rig.turn_messages(threads[0])}
     one = next(c for lb, c in turns.items() if "one/one-m" in lb)
     two = next(c for lb, c in turns.items() if "two/two-m" in lb)
@@ -287,9 +301,29 @@ async def test_consensus_stages_appear_in_the_thread(rig: Rig) -> None:
     await rig.run(lambda: rig.interaction("consensus", {"prompt": "Should we?", "providers": "one,two"}))
     [thread_id] = rig.thread_ids()
     contents = [m.content for m in rig.api.channel_messages(thread_id)]
-    stage_titles = [c for c in contents if c.startswith("**Stage")]
-    assert len(stage_titles) >= 3
-    assert "Peer ranking" in contents[-1]
+    titles = [i for i, c in enumerate(contents) if c.startswith("**Stage")]
+    assert [contents[i] for i in titles] == [
+        "**Stage 1 · Independent answers**",
+        "**Stage 2 · Anonymous review, round 1**",
+        "**Stage 3 · Moderator synthesis**",
+    ]
+    s1, s2, s3 = titles
+    assert s1 == 0
+
+    def labels(msgs: list[str]) -> list[str]:
+        return sorted(c.split("\n", 1)[0] for c in msgs)
+
+    # each stage's turns are posted under that stage's title, labelled with the stage
+    assert labels(contents[s1 + 1 : s2]) == ["`one/one-m`", "`two/two-m`"]
+    assert labels(contents[s2 + 1 : s3]) == ["`one/one-m` · review 1", "`two/two-m` · review 1"]
+    assert labels(contents[s3 + 1 : -1]) == ["**⚖️ Moderator** · `one/one-m` · synthesis"]
+    turns = contents[s1 + 1 : s2] + contents[s2 + 1 : s3] + contents[s3 + 1 : -1]
+    assert len(turns) == 5 and all(body(c) == "Answer. RANKING: A > B\nREVISED ANSWER: revised view" for c in turns)
+    summary = contents[-1]
+    assert "5 turns (0 failed)" in summary and "Peer ranking" in summary
+    for p in ("one", "two"):
+        assert f"✅ {p}/{p}-m:" in summary and f"✅ {p}/{p}-m · review 1:" in summary
+    assert "✅ ⚖️ Moderator · one/one-m · synthesis:" in summary
 
 
 # --- mentions -------------------------------------------------------------------------------------------
@@ -374,6 +408,64 @@ async def test_a_429_loses_nothing(rig: Rig) -> None:
     assert rig.api.limited == 3
     assert sum(r.rate_limited for r in rig.front.renderers) == 3  # seen by the renderer, not slept on
     assert sum(r.lost_ops for r in rig.front.renderers) == 0
+
+
+async def test_a_refused_write_counts_as_lost_not_delivered(rig: Rig) -> None:
+    """A turn message Discord refuses (403 in the thread) is undeliverable: the person is told
+    once, nothing more is sent there, the renderer counts it lost, and no stand-in message
+    (id 0) is recorded as delivered."""
+    rig.llm.scenarios["one-m"] = Scenario(text="An answer Discord will not take.")
+    rig.api.forbid("POST", rf"^/channels/(?!{rig.channel_id})\d+/messages$")
+    await rig.run(lambda: rig.interaction("ask", {"prompt": "Hi", "provider": "one"}))
+    [thread_id] = rig.thread_ids()
+    writes = [(c.method, c.status) for c in rig.api.calls if c.path.startswith(f"/channels/{thread_id}/")]
+    assert writes == [("POST", 403)]  # refused once; the turn's edits and the summary never tried
+    [renderer] = rig.front.renderers
+    assert renderer.ops == 0
+    assert renderer.lost_ops == 2  # the turn and the summary
+    told = [e["content"] for e in rig.api.original_edits]
+    assert told[-1].startswith("⚠️") and "**Send Messages in Threads**" in told[-1]
+    assert sum("Send Messages in Threads" in t for t in told) == 1
+    refs = [json.loads(row["ref"]) for row in rig.services.store.db.table("posts").rows]
+    assert refs == [{"channel": thread_id, "kind": "thread"}]  # no turn message was recorded
+    assert rig.services.store.open_posts("discord") == []
+
+
+@pytest.mark.parametrize("failing", ["turn messages", "every record"])
+async def test_a_failed_bookkeeping_write_never_posts_twice(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, failing: str
+) -> None:
+    """The store failing to record a posted message must not make the renderer post it again:
+    the ledger records after delivery, outside the platform-retry loop, and logs the failure."""
+    import sqlite3
+
+    rig.llm.scenarios["one-m"] = Scenario(text="Posted exactly once.", chunk_chars=4)
+    store = rig.services.store
+    real = store.record_post
+    tried: list[str | None] = []
+
+    def record_post(discussion_id: str, turn_id: str | None, *rest: Any) -> int:
+        tried.append(turn_id)
+        if turn_id is not None or failing == "every record":
+            raise sqlite3.OperationalError("database is locked")
+        return real(discussion_id, turn_id, *rest)
+
+    monkeypatch.setattr(store, "record_post", record_post)
+    await rig.run(lambda: rig.interaction("ask", {"prompt": "Once?", "provider": "one"}))
+    [thread_id] = rig.thread_ids()
+    creates = [c for c in rig.api.calls_to("POST", f"/channels/{thread_id}/messages")
+               if "`one/one-m`" in c.body["content"]]
+    assert [c.status for c in creates] == [200]  # exactly one create for the reply: no duplicate
+    [turn] = rig.turn_messages(thread_id)
+    assert body(turn.content) == "Posted exactly once."
+    assert tried.count(None) == 1 and len(tried) == 2  # the thread, then the turn message: each once
+    assert "could not record" in caplog.text
+    # ... and the discussion still finished: the summary is posted and the discussion closed.
+    assert "**Total**" in rig.api.channel_messages(thread_id)[-1].content
+    assert rig.api.original_edits[-1]["content"] == f"🧵 Answering in <#{thread_id}>."
+    assert [r.lost_ops for r in rig.front.renderers] == [0]
+    [discussion] = store.db.table("discussions").rows
+    assert discussion["status"] == "finished"
 
 
 # --- commands ----------------------------------------------------------------------------------------
@@ -476,25 +568,27 @@ async def test_restart_marks_open_messages_interrupted(rig: Rig) -> None:
 
 async def test_missing_and_rejected_tokens_fail_at_start(monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    assert discord_app.main([]) == 2
+    assert discord_main.configured() is False
+    assert discord_main.main([]) == 2
     assert "DISCORD_TOKEN is not set" in capsys.readouterr().err
     async with FakeDiscordAPI(token=bot_token(snowflake())) as api:
         monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)
         monkeypatch.setenv("DISCORD_TOKEN", bot_token(snowflake()))  # not the one the fake accepts
         monkeypatch.setenv("DISCORD_API_URL", api.base_url)
-        settings = Settings()
-        discord_app.configure_api(settings)
-        async with build_services(settings) as services:
+        assert discord_main.configured() is True
+        settings = DiscordSettings()
+        configure_api(settings)
+        async with build_services(Settings()) as services:
             client = make_client(settings)
             front = DiscordFront(services, client)
             with pytest.raises(UsageError, match="rejected DISCORD_TOKEN"):
-                await front.login(settings.discord_token.get_secret_value())  # type: ignore[union-attr]
+                await front.login(settings.token.get_secret_value())  # type: ignore[union-attr]
             await client.close()
-        assert settings.discord_token.get_secret_value() not in capsys.readouterr().err  # type: ignore[union-attr]
+        assert settings.token.get_secret_value() not in capsys.readouterr().err  # type: ignore[union-attr]
 
 
 async def test_invite_url_names_the_permissions_and_scopes(rig: Rig, capsys: pytest.CaptureFixture[str]) -> None:
-    url = discord_app.invite_url(rig.client.application_id or 0)
+    url = invite_url(rig.client.application_id or 0)
     assert f"client_id={rig.api.app_id}" in url and "scope=bot+applications.commands" in url
     perms = discord.Permissions(int(url.split("permissions=")[1].split("&")[0]))
     assert perms.send_messages and perms.create_public_threads and perms.send_messages_in_threads
@@ -510,7 +604,7 @@ def test_shards_setting() -> None:
     for bad in ("8/8", "x", "3-1/2/4"):
         with pytest.raises(UsageError, match="PARLEY_DISCORD_SHARDS"):
             parse_shards(bad)
-    client = make_client(Settings(PARLEY_DISCORD_SHARDS="0-1/4"))  # type: ignore[call-arg]
+    client = make_client(DiscordSettings(PARLEY_DISCORD_SHARDS="0-1/4"))  # type: ignore[call-arg]
     assert isinstance(client, discord.AutoShardedClient) and client.shard_ids == [0, 1]
 
 

@@ -114,21 +114,21 @@ async def test_compare_slow_and_failing_providers_do_not_block_others(svc: Servi
     done = {e.turn.provider: e for e in finals(events)}
     assert isinstance(done["alpha"], TurnFinished) and isinstance(done["beta"], TurnFinished)
     assert isinstance(done["gamma"], TurnFinished)
-    assert isinstance(done["delta"], TurnFailed) and done["delta"].error["kind"] == "auth"
-    assert "DELTA_API_KEY" in done["delta"].error["message"]
+    assert isinstance(done["delta"], TurnFailed) and done["delta"].error.kind == "auth"
+    assert "DELTA_API_KEY" in done["delta"].error.message
     order = [e.turn.provider for e in finals(events)]
     assert order.index("alpha") < order.index("beta")  # the fast one did not wait for the slow one
     fin = events[-1]
     assert isinstance(fin, DiscussionFinished) and fin.status == "partial"
-    assert fin.total["turns"] == 4 and fin.total["failed"] == 1
-    assert {t["provider"] for t in fin.turns} == set(PROVIDERS)
+    assert fin.total.turns == 4 and fin.total.failed == 1
+    assert {t.provider for t in fin.turns} == set(PROVIDERS)
 
 
 async def test_mid_stream_drop_keeps_partial_text_as_truncated(svc: Services, llm: FakeLLMServer) -> None:
     llm.scenarios["alpha-1"] = Scenario(text="abcdefghijklmnopqrstuvwxyz", chunk_chars=2, drop_after_chunks=3)
     events = await run(svc, "ask", "provider:alpha hi")
     failed = finals(events)[0]
-    assert isinstance(failed, TurnFailed) and failed.error["kind"] == "truncated"
+    assert isinstance(failed, TurnFailed) and failed.error.kind == "truncated"
     assert failed.text == "abcdef" == streamed(events, failed.turn.turn_id)
     assert len(llm.requests_for("alpha-1")) == 1  # never retried after text was shown
     row = svc.store.turns(events[0].discussion_id)[0]
@@ -148,10 +148,10 @@ async def test_quota_exhausted_pauses_provider(svc: Services, llm: FakeLLMServer
     status, body, headers = vendor_errors.moonshot_quota_exhausted()
     llm.scenarios["alpha-1"] = Scenario(http_error=(status, body, headers))
     first = finals(await run(svc, "ask", "provider:alpha hi"))[0]
-    assert isinstance(first, TurnFailed) and first.error["kind"] == "quota_exhausted"
+    assert isinstance(first, TurnFailed) and first.error.kind == "quota_exhausted"
     assert len(llm.requests_for("alpha-1")) == 1  # a quota 429 is requested exactly once
     second = finals(await run(svc, "ask", "provider:alpha hi again"))[0]
-    assert isinstance(second, TurnFailed) and "paused" in second.error["message"]
+    assert isinstance(second, TurnFailed) and "paused" in second.error.message
     assert len(llm.requests_for("alpha-1")) == 1  # not even sent while paused
     health = await svc.registry.health(svc.registry.get("alpha"))
     assert health.status == "quota_exhausted"
@@ -222,6 +222,23 @@ async def test_consensus_stages_anonymity_and_ranking(svc: Services, llm: FakeLL
     events = await run(svc, "consensus", "providers:alpha,beta,gamma,delta Ship on Friday?")
     stages = [(e.stage, e.round) for e in events if isinstance(e, StageStarted)]
     assert stages == [("answer", 0), ("review", 1), ("synthesis", 0)]
+    # Every turn runs inside the stage announced before it, labelled with that stage and round.
+    current = None
+    ran: list[tuple[str, int, str]] = []
+    for e in events:
+        if isinstance(e, StageStarted):
+            current = (e.stage, e.round)
+        elif isinstance(e, (TurnStarted, TurnFinished, TurnFailed)):
+            assert (e.turn.stage, e.turn.round) == current, (type(e).__name__, e.turn, current)
+            if not isinstance(e, TurnStarted):
+                ran.append((e.turn.stage, e.turn.round, e.turn.provider))
+    assert [(s, r) for s, r, _ in ran] == [("answer", 0)] * 4 + [("review", 1)] * 4 + [("synthesis", 0)]
+    assert sorted(p for s, _, p in ran if s == "answer") == sorted(PROVIDERS)
+    assert sorted(p for s, _, p in ran if s == "review") == sorted(PROVIDERS)
+    assert all(isinstance(e, TurnFinished) for e in finals(events))
+    rows = svc.store.turns(events[0].discussion_id)  # in start order: stage by stage, as they ran
+    assert [(t["stage"], t["round"]) for t in rows] == [(s, r) for s, r, _ in ran]
+    assert sorted((t["stage"], t["round"], t["provider"]) for t in rows) == sorted(ran)
     reviews = [r for r in llm.requests if "anonymised as" in _user(r)]
     assert len(reviews) == 4
     for r in reviews:
@@ -233,10 +250,14 @@ async def test_consensus_stages_anonymity_and_ranking(svc: Services, llm: FakeLL
                 assert pid not in q.lower() and model not in q
     fin = events[-1]
     assert isinstance(fin, DiscussionFinished) and fin.status == "finished"
-    assert fin.ranking and len(fin.ranking) == 4 and sum(r["votes"] for r in fin.ranking) == 12
+    assert fin.ranking and len(fin.ranking) == 4 and sum(r.votes for r in fin.ranking) == 12
     synth = [e for e in finals(events) if e.turn.stage == "synthesis"]
     assert len(synth) == 1 and isinstance(synth[0], TurnFinished)
-    assert "ship" in _user(llm.requests[-1])  # revised positions reached the moderator
+    # The moderator quotes each panelist's REVISED ANSWER from stage 2, not its stage-1 text.
+    moderator_prompt = _user(llm.requests[-1])
+    assert "Final positions" in moderator_prompt
+    positions = re.findall(r'<answer id="[^"]+" nonce="\w+">\n(.*?)\n</answer', moderator_prompt, re.S)
+    assert sorted(positions) == sorted(f"ship {pid}" for pid in PROVIDERS)
 
 
 async def test_consensus_quorum_failure_stops_cleanly(svc: Services, llm: FakeLLMServer) -> None:

@@ -27,8 +27,8 @@ from core.providers.base import (
     TextChunk,
     UsageChunk,
 )
+from core.providers.catalog import load_catalog
 from core.providers.local import LlamaCppWire, default_model_path
-from core.providers.spec import load_catalog
 
 HAVE_LLAMA = importlib.util.find_spec("llama_cpp") is not None
 needs_llama = pytest.mark.skipif(not HAVE_LLAMA, reason="llama-cpp-python (the 'local' extra) not installed")

@@ -8,20 +8,26 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from core.budget import TokenBucket
 from core.events import (
     DiscussionFinished,
+    ErrorInfo,
     Event,
+    StageStarted,
     TextDelta,
+    Totals,
     TurnFailed,
     TurnFinished,
     TurnInfo,
     TurnStarted,
     TurnUsage,
 )
-from core.render import Frame, MessageClosed, RateLimited, Renderer, TokenBucket, split_point
+from core.render import Renderer
+from core.sink import Frame, MessageClosed, RateLimited, Sink, Undeliverable
+from core.textsplit import split_point
 
 
-class RecordingSink:
+class RecordingSink(Sink):
     def __init__(
         self,
         limit: int = 200,
@@ -87,10 +93,10 @@ async def events_for(
             await asyncio.sleep(delay)
     for tid, text in texts.items():
         if tid in fail:
-            yield TurnFailed(info(tid), {"kind": "truncated", "message": "connection dropped"}, text)
+            yield TurnFailed(info(tid), ErrorInfo("truncated", "connection dropped"), text)
         else:
             yield TurnFinished(info(tid), text, TurnUsage(), 1.0, 2.0)
-    yield DiscussionFinished("d", "finished", [], {"turns": 0})
+    yield DiscussionFinished("d", "finished", [], Totals(0, 0, 0, 0, 0.0, 0.0))
 
 
 def prose(n_words: int, seed: int = 1) -> str:
@@ -239,7 +245,6 @@ class ExpiringSink(RecordingSink):
 
 
 async def test_a_closed_message_keeps_what_it_showed_and_the_rest_continues_below() -> None:
-    from core.render import MessageClosed  # noqa: F401  (the sink above raises it)
 
     text = "".join(f"word{i} " for i in range(300))
     sink = ExpiringSink(life=3, limit=10_000, min_interval=0.0)
@@ -252,63 +257,6 @@ async def test_a_closed_message_keeps_what_it_showed_and_the_rest_continues_belo
     assert r.lost_ops == 0
     # every operation drew from the bucket the sink chose
     assert sink.routed.count("post") == len(parts) and sink.stream_budget.granted == len(sink.routed)
-
-
-async def test_bucket_available_peeks_without_taking() -> None:
-    b = TokenBucket(0.001, 1)
-    assert b.available() and b.available()
-    await b.acquire()
-    assert not b.available()
-    b2 = TokenBucket(1000, 1)
-    b2.pause(10)
-    assert not b2.available()
-
-
-async def test_window_budget_allows_the_whole_burst_and_keeps_a_reserve_for_finals() -> None:
-    from core.render import WindowBudget
-
-    w = WindowBudget(10, 0.3, latency=0.0)
-    w.reserve_cap = 3
-    w.claim(3)  # three messages in flight will need their final edit from this budget
-    t = asyncio.get_running_loop().time()
-    for _ in range(5):  # half the window is a burst of progress updates
-        await w.acquire(1.0)
-    assert asyncio.get_running_loop().time() - t < 0.02
-    for _ in range(2):  # then they are paced at the sustained rate, and stop where the claims start
-        await w.acquire(1.0)
-    assert asyncio.get_running_loop().time() - t >= 0.03 * 0.9
-    assert not w.available()
-    for _ in range(3):  # finals may use the reserved slots at once
-        await asyncio.wait_for(w.acquire(0.0), 0.05)
-    oldest = w.stamps[0]
-    await w.acquire(0.0)  # the window is full: the next grant waits for the oldest to age out
-    assert w.stamps[-1] >= oldest + 0.3
-
-
-async def test_window_budget_holds_back_at_most_an_eighth_of_the_window() -> None:
-    from core.render import WindowBudget
-
-    w = WindowBudget(16, 10.0, latency=0.0, paced=False)
-    w.claim(20)  # many replies in flight: new messages must still get out
-    for _ in range(14):  # 16 slots, 2 held back for finals
-        await asyncio.wait_for(w.acquire(1.0), 0.05)
-    assert w.reserve == 2 and not w.available()
-    await asyncio.wait_for(w.acquire(0.0), 0.05)  # a final takes a held-back slot at once
-
-
-async def test_window_budget_with_more_claims_than_slots_still_grants_finals() -> None:
-    from core.render import WindowBudget
-
-    w = WindowBudget(4, 0.2, latency=0.0)
-    w.reserve_cap = 100  # hold back a slot for every claim
-    w.claim(9)  # more messages in flight than the window holds
-    progress = asyncio.ensure_future(w.acquire(1.0))  # cannot fit while the claims exceed the window
-    await asyncio.sleep(0.05)
-    assert not progress.done()
-    for _ in range(9):
-        await asyncio.wait_for(w.acquire(0.0), 2)
-        w.claim(-1)
-    await asyncio.wait_for(progress, 2)  # the waiting loop survived and grants once claims are released
 
 
 class RefusingSink(RecordingSink):
@@ -329,7 +277,6 @@ class RefusingSink(RecordingSink):
 
 
 async def test_an_undeliverable_turn_stops_at_once_and_the_others_finish() -> None:
-    from core.render import Undeliverable
 
     texts = {"a": prose(200, 1), "b": prose(200, 2)}
     sink = RefusingSink({"a"}, Undeliverable, limit=10_000)
@@ -347,3 +294,38 @@ async def test_a_sink_that_keeps_failing_is_given_up_after_the_deadline() -> Non
     await asyncio.wait_for(r.consume(events_for(texts, chunk=9, delay=0.001)), 10)
     assert sink.turn_text("b") == texts["b"]
     assert sink.refused >= 2 and r.lost_ops == 1
+
+
+async def test_a_stage_title_waits_for_the_earlier_turns_first_messages() -> None:
+    """Under a tight budget, turn creates queued at progress priority must still land
+    before the next stage's title (which is granted at notice priority)."""
+
+    class Ordered(RecordingSink):
+        def __init__(self) -> None:
+            super().__init__(limit=10_000, rate=20.0, burst=1.0)
+            self.log: list[str] = []
+
+        async def post(self, frame: Frame) -> int:
+            self.log.append(f"post:{frame.turn.turn_id}")
+            return await super().post(frame)
+
+        async def notice(self, event: Event) -> None:
+            if isinstance(event, StageStarted):
+                self.log.append(f"stage:{event.stage}")
+
+    async def events() -> AsyncIterator[Event]:
+        yield StageStarted("answer", 0, "Stage 1")
+        for tid in ("a", "b", "c"):
+            yield TurnStarted(info(tid))
+        await asyncio.sleep(0.01)  # their placeholders queue for the budget while streaming
+        for tid in ("a", "b", "c"):
+            yield TurnFinished(info(tid), f"answer {tid}", TurnUsage(), 1.0, 2.0)
+        yield StageStarted("review", 1, "Stage 2")
+        yield TurnStarted(info("r"))
+        yield TurnFinished(info("r"), "review", TurnUsage(), 1.0, 2.0)
+
+    sink = Ordered()
+    await asyncio.wait_for(Renderer(sink).consume(events()), 10)
+    log = sink.log
+    assert log[0] == "stage:answer" and log.index("stage:review") > max(log.index(f"post:{t}") for t in "abc")
+    assert log.index("post:r") > log.index("stage:review")

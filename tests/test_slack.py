@@ -18,10 +18,11 @@ import pytest
 from aiohttp import web
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bots.slack.app import SlackFront, check_tokens
+from bots.slack.app import SlackFront
+from bots.slack.budgets import WorkspaceBudgets
+from bots.slack.config import SlackSettings, check_tokens
 from bots.slack.format import to_mrkdwn
 from bots.slack.manifest import manifest, slash_commands
-from bots.slack.sink import WorkspaceBudgets
 from core.commands import COMMANDS
 from core.config import Settings
 from core.errors import UsageError
@@ -199,8 +200,9 @@ async def test_replies_fall_back_to_post_and_update_when_the_stream_budget_is_sp
         rig.llm.scenarios[f"{p}-m"] = Scenario(text=text, chunk_chars=5, chunk_delay=0.002)
     _, thread = await rig.discuss("/compare", "providers:one,two What now?")
     assert not rig.slack.called("chat.startStream")
-    replies = [m for m in thread if m.kind == "message" and "`one/" in m.text or "`two/" in m.text]
-    assert len(replies) == 2
+    replies = [m for m in thread if "`one/" in m.text or "`two/" in m.text]
+    assert len(replies) == 2 and all(m.kind == "message" and not m.streaming for m in replies)
+    assert rig.slack.called("chat.postMessage") and rig.slack.called("chat.update")
     for m in replies:
         assert body_of(m) == to_mrkdwn(text)  # converted to what Slack renders
         assert "*Bold*" in m.text and "<https://example.com/x?a=1&amp;b=2|a link>" in m.text
@@ -282,13 +284,33 @@ async def test_an_expired_stream_continues_in_a_new_message_without_losing_text(
 
 
 async def test_consensus_shows_its_stages_in_the_thread(rig: Rig) -> None:
-    for p in PROVIDERS:
-        rig.llm.scenarios[f"{p}-m"] = Scenario(text=f"Answer from {p}. RANKING: A, B, C")
+    for p in PROVIDERS:  # each reply echoes its prompt, so its text says which stage it answered
+        rig.llm.scenarios[f"{p}-m"] = Scenario(echo=True)
     _, thread = await rig.discuss("/consensus", "providers:one,two,three moderator:one Decide")
     texts = [m.text for m in thread]
-    stage_titles = [t for t in texts if t.startswith("*") and "\n" not in t]
-    assert len(stage_titles) >= 3  # answers, reviews, synthesis
-    assert "Total" in texts[-1]
+    titles = [i for i, t in enumerate(texts) if t.startswith("*Stage")]
+    assert [texts[i] for i in titles] == [
+        "*Stage 1 · Independent answers*",
+        "*Stage 2 · Anonymous review, round 1*",
+        "*Stage 3 · Moderator synthesis*",
+    ]
+    s1, s2, s3 = titles
+    answers, reviews, synthesis = thread[s1 + 1 : s2], thread[s2 + 1 : s3], thread[s3 + 1 : -1]
+    # each stage's turns are posted under that stage's title, one per panelist
+    assert sorted(m.text.split("\n", 1)[0] for m in answers) == sorted(f"`{p}/{p}-m`" for p in PROVIDERS)
+    assert all(body_of(m) == "ECHO: Decide" for m in answers)
+    assert sorted(m.text.split("\n", 1)[0] for m in reviews) == sorted(f"`{p}/{p}-m`" for p in PROVIDERS)
+    for m in reviews:
+        assert body_of(m).startswith("ECHO: The panel was asked:") and "anonymised as A, B." in body_of(m)
+    (mod,) = synthesis
+    assert mod.text.split("\n", 1)[0] == "**⚖️ Moderator** · `one/one-m`"  # moderator:one
+    assert body_of(mod).startswith("ECHO: The panel was asked:") and "Final positions" in body_of(mod)
+    assert not any(m.streaming for m in thread)
+    summary = texts[-1]
+    assert "Total" in summary and "7 turns (0 failed)" in summary
+    for p in PROVIDERS:
+        assert f"✅ {p}/{p}-m:" in summary and f"✅ {p}/{p}-m · review 1:" in summary
+    assert "✅ ⚖️ Moderator · one/one-m · synthesis:" in summary
 
 
 # --- failures -------------------------------------------------------------------------------------------
@@ -320,6 +342,17 @@ async def test_a_failed_turn_says_why_in_its_own_message_and_the_rest_continue(
     assert "1 failed" in thread[-1].text
 
 
+async def test_provider_error_text_is_escaped_in_the_reply_and_the_summary(rig: Rig) -> None:
+    hostile = "Bad request <!channel> & <@U0ADMIN> <https://evil.example|click>"
+    rig.llm.scenarios["one-m"] = Scenario(http_error=(400, {"error": {"message": hostile}}, {}))
+    _, thread = await rig.discuss("/ask", "provider:one Go")
+    summary = thread[-1].text
+    assert "Total" in summary and "1 failed" in summary
+    assert "&lt;!channel&gt; &amp; &lt;@U0ADMIN&gt;" in summary, summary  # shown as text, not a ping
+    for m in thread:
+        assert "<!channel>" not in m.text and "<@U0ADMIN>" not in m.text and "<https://evil" not in m.text
+
+
 async def test_a_timed_out_turn_says_so(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     await rig.services.aclose()
     monkeypatch.setenv("PARLEY_READ_TIMEOUT", "0.3")
@@ -335,9 +368,9 @@ async def test_a_timed_out_turn_says_so(rig: Rig, monkeypatch: pytest.MonkeyPatc
 async def test_bad_commands_get_an_ephemeral_fix_and_touch_nothing(rig: Rig) -> None:
     calls = len(rig.slack.calls)
     status, body = await rig.slash("/compare", "providers:one,twoo Price?")
-    assert status == 200 and "twoo" in body and "two" in body  # suggestion
+    assert status == 200 and "Unknown provider 'twoo'" in body and "Did you mean 'two'?" in body  # suggestion
     status, body = await rig.slash("/ask", "persona:rilley Hi")
-    assert "riley" in body.lower()
+    assert "Unknown persona 'rilley'" in body and "Did you mean 'riley'" in body
     status, body = await rig.slash("/ask", "")
     assert "needs a question" in body
     status, body = await rig.slash("/ask", "x" * 9000)
@@ -353,9 +386,12 @@ async def test_info_commands_answer_ephemerally_via_the_response_url(rig: Rig) -
     await rig.front.idle(before + 3)
     out = [r["text"] for r in rig.slack.responses]
     assert all(r["response_type"] == "ephemeral" for r in rig.slack.responses)
-    assert any("Riley Engstrom" in t for t in out)
-    assert any("one" in t and "two" in t for t in out)
-    assert any("/compare" in t for t in out)
+    assert len(out) == 3
+    assert any("Riley Engstrom" in t for t in out)  # /personas
+    # /parley providers: a line per provider of the user's config, each with its status "ok"
+    listed = [{ln.split("`")[1]: ln for ln in t.splitlines() if ln.startswith("• `")} for t in out]
+    assert any(all("ok" in rows.get(p, "").split(" · ")[0] for p in PROVIDERS) for rows in listed)
+    assert any("/compare" in t for t in out)  # /parley (help)
 
 
 async def test_a_channel_the_bot_is_not_in_gets_a_clear_ephemeral_reply(rig: Rig) -> None:
@@ -479,22 +515,17 @@ async def test_a_restart_marks_every_open_message_interrupted(rig: Rig) -> None:
         assert len(m.text) > 200  # what the reader saw is kept
     assert any("restarted before this discussion finished" in m.text for m in thread)
     assert store.open_posts("slack") == []
-    assert (
-        store.discussion(
-            json.loads(
-                json.dumps(
-                    store.db.execute(
-                        "select id from discussions order by created_at desc limit 1"
-                    ).fetchone()[0]
-                )
-            )
-        )["status"]
-        == "interrupted"
-    )
+    (did,) = [r[0] for r in store.db.execute("select id from discussions").fetchall()]
+    assert store.discussion(did)["status"] == "interrupted"
 
 
 # --- start-up and configuration -------------------------------------------------------------------------
-def test_tokens_are_checked_with_a_clear_message(make_settings) -> None:  # type: ignore[no-untyped-def]
+def test_tokens_are_checked_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    def make_settings(**env: str) -> SlackSettings:
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        return SlackSettings()
+
     with pytest.raises(UsageError, match="SLACK_BOT_TOKEN is not set"):
         check_tokens(make_settings(), http=True)
     with pytest.raises(UsageError, match="user token"):
@@ -620,17 +651,67 @@ async def test_no_secret_reaches_logs_messages_or_the_database(
 async def test_a_stream_whose_text_changes_mid_message_becomes_a_replaced_message(rig: Rig) -> None:
     from bots.slack.sink import SlackSink
     from core.events import TurnInfo
-    from core.render import Frame
+    from core.ledger import Ledger
+    from core.sink import Frame
 
     budgets = WorkspaceBudgets()
     sink = SlackSink(rig.front.client, budgets, "C1", "1.0", recipient_user_id="U1", recipient_team_id="T0TEST")
+    ledger = Ledger(None, None, sink)  # keeps the claims, in the order the renderer drives it
     turn = TurnInfo("t1", "one", "one", "one-m")
     first = Frame(turn, "Hello wor", "Hello wor", 1, "streaming")
     ref = await sink.post(first) if sink.budget(None, first) else None
     assert ref is not None and ref.kind == "stream" and budgets.live_streams == 1
-    await sink.edit(ref, Frame(turn, "Goodbye, world", "Goodbye, world", 1, "streaming"))  # not an extension
+    entry = ledger.opened("t1", ref, first)
+    assert budgets["chat.appendStream"].claims == 1 and budgets["chat.update"].claims == 0
+    changed = Frame(turn, "Goodbye, world", "Goodbye, world", 1, "streaming")  # not an extension
+    await sink.edit(ref, changed)
+    ledger.wrote(entry, ref, changed)
     assert ref.kind == "message" and budgets.live_streams == 0
+    assert sink.final_budget(ref) is budgets["chat.update"]
     assert budgets["chat.appendStream"].claims == 0 and budgets["chat.update"].claims == 1
-    await sink.edit(ref, Frame(turn, "Goodbye, world.", "Goodbye, world.", 1, "done"))
+    done = Frame(turn, "Goodbye, world.", "Goodbye, world.", 1, "done")
+    ledger.settling(entry)
+    await sink.edit(ref, done)
+    ledger.wrote(entry, ref, done)
     (m,) = [m for m in rig.slack.messages.values() if m.ts == ref.ts]
     assert not m.streaming and body_of(m) == "Goodbye, world." and budgets["chat.update"].claims == 0
+
+
+# --- bookkeeping is not delivery ----------------------------------------------------------------------------
+@pytest.mark.parametrize("always", [False, True], ids=["first-reply", "every-record"])
+async def test_a_store_failure_recording_a_reply_never_posts_it_twice(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, always: bool
+) -> None:
+    import sqlite3
+
+    text = answer(40, "b")
+    rig.llm.scenarios["one-m"] = Scenario(text=text, chunk_chars=5, chunk_delay=0.002)
+    store = rig.services.store
+    record_post = store.record_post
+    refused: list[str | None] = []
+
+    def failing_record_post(discussion_id: str, turn_id: str | None, *args: str) -> int:
+        # "first-reply": the reply's own row fails once; "every-record": the thread's row too, every time.
+        if always or (turn_id is not None and not refused):
+            refused.append(turn_id)
+            raise sqlite3.OperationalError("database is locked")
+        return record_post(discussion_id, turn_id, *args)
+
+    monkeypatch.setattr(store, "record_post", failing_record_post)
+    parent, thread = await rig.discuss("/ask", "provider:one Tell me")
+    assert any(t is not None for t in refused)  # the reply's record did fail
+    # Exactly one message was created for the reply: the failed bookkeeping did not re-post it.
+    created = [
+        c
+        for c in rig.slack.called("chat.startStream") + rig.slack.called("chat.postMessage")
+        if c.args.get("thread_ts") == parent.ts
+        and "`one/" in str(c.args.get("markdown_text") or c.args.get("text") or "")
+    ]
+    assert len(created) == 1, [c.method for c in created]
+    (reply,) = [m for m in thread if "`one/" in m.text]
+    assert body_of(reply) == text and not reply.streaming
+    # ...and the discussion still finished.
+    assert "Total" in thread[-1].text and "1 turns (0 failed)" in thread[-1].text
+    (did,) = store.db.execute("select id from discussions").fetchone()
+    assert store.discussion(did)["status"] == "finished"
+    assert store.open_posts("slack") == []

@@ -20,10 +20,10 @@ from core.providers.base import (
     Usage,
     UsageChunk,
 )
+from core.providers.catalog import load_catalog
 from core.providers.http import HttpxClient
 from core.providers.openai_chat import OpenAIChatWire
 from core.providers.retry import RetryPolicy, stream_with_retries
-from core.providers.spec import load_catalog
 
 CAT = load_catalog()
 

@@ -1,4 +1,4 @@
-"""``parley discord``: the Discord bot (discord.py), a thin adapter over the core.
+"""The Discord bot's handlers (discord.py): interactions and mentions, a thin adapter over the core.
 
 - Slash commands ``/ask``, ``/compare``, ``/consensus``, ``/personas``,
   ``/providers``, ``/usage`` and ``/help`` are generated from the one command
@@ -6,144 +6,48 @@
   (a hash kept in the store): to one guild with ``DISCORD_GUILD_ID``, else globally.
 - A discussion is deferred at once (ephemeral "thinking"), then a parent message
   in the channel says who asked what of whom, a thread is created from it, each
-  turn streams into the thread as its own message through the shared Renderer,
-  and the deferred response is edited to point at the thread. Nothing streams
-  through the interaction webhook (its token dies after 15 minutes).
+  turn streams into the thread as its own message through the shared Renderer
+  (:mod:`bots.discord.sink`), and the deferred response is edited to point at the
+  thread. Nothing streams through the interaction webhook (its token dies after
+  15 minutes).
 - ``@Parley compare providers:a,b Question`` in a channel answers in a new thread;
   a mention inside a thread is a follow-up with that thread's context
   (conversation ``discord:<thread_id>``). Works without the message-content intent.
-- At start-up, messages a previous process left open are marked interrupted.
-- ``PARLEY_DISCORD_SHARDS``: ``auto`` (AutoShardedClient), ``8`` (all 8 shards
-  here), or ``0-3/8`` (shards 0..3 of 8: split shards across processes).
+- At start-up, messages a previous process left open are marked interrupted
+  (:mod:`bots.discord.recovery`). Settings and the client: :mod:`bots.discord.config`;
+  entry points: :mod:`bots.discord.main`.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
-import json
 import logging
 import re
-import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import discord
 from discord import app_commands
 
+from bots.discord import recovery
 from bots.discord.commands import command_payloads, complete, payload_hash, request_from
-from bots.discord.sink import (
-    FRONT_END,
-    INTERRUPTED,
-    NO_MENTIONS,
-    STREAMING_MARK,
-    THREAD_INTERRUPTED,
-    ChannelBudgets,
-    DiscordSink,
-    chunks,
-    missing_permissions,
-    permission_message,
-    rate_limit_trace,
-    to_discord,
-)
-from core.commands import COMMANDS, Request, help_text, parse, parse_line
-from core.config import Settings
+from bots.discord.format import CONTENT_LIMIT, NO_MENTIONS, chunks, doc_to_markdown, thread_name
+from bots.discord.permissions import missing_message, missing_permissions, permission_message
+from bots.discord.ratelimit import ChannelBudgets
+from bots.discord.sink import FRONT_END, DiscordSink
+from core import info
+from core.commands import COMMANDS, Request, parse, parse_line
 from core.errors import ParleyError, UsageError, redact
 from core.render import Renderer
 from core.services import Services
 from core.threads import Requests, discuss_in_thread
 
 log = logging.getLogger("parley.discord")
-
-DEFAULT_API_URL = "https://discord.com/api/v10"
-#: What the bot needs in a channel, for the invite URL and the pre-check.
-PERMISSIONS = discord.Permissions(
-    view_channel=True,
-    send_messages=True,
-    create_public_threads=True,
-    send_messages_in_threads=True,
-    embed_links=True,
-    read_message_history=True,
+#: Appended to /help: how to reach the bot without a slash command.
+MENTION_HELP = (
+    "\n\nMention me (`@Parley compare providers:a,b Question`) in a channel to start a thread, "
+    "or in a thread to follow up."
 )
-SCOPES = ("bot", "applications.commands")
-THREAD_NAME_LIMIT = 100
-
-
-# --- configuration --------------------------------------------------------------------------------------
-
-
-def check_token(settings: Settings) -> str:
-    if settings.discord_token is None or not settings.discord_token.get_secret_value().strip():
-        raise UsageError(
-            "DISCORD_TOKEN is not set. Create an application at https://discord.com/developers/applications, "
-            "open Bot → Reset Token, and put the token in .env as DISCORD_TOKEN (see docs/discord.md)."
-        )
-    return settings.discord_token.get_secret_value().strip()
-
-
-def configure_api(settings: Settings) -> None:
-    """``DISCORD_API_URL`` overrides the REST base (a proxy, or a loopback fake in tests)."""
-    discord.http.Route.BASE = (settings.discord_api_url or DEFAULT_API_URL).rstrip("/")
-
-
-_SHARDS = re.compile(r"^(?P<ids>\d+(?:-\d+)?(?:,\d+(?:-\d+)?)*)/(?P<count>\d+)$")
-
-
-def parse_shards(spec: str | None) -> dict[str, Any] | None:
-    """``PARLEY_DISCORD_SHARDS`` as AutoShardedClient arguments; None for a plain (unsharded) client.
-
-    ``auto``: Discord's recommended shard count, all in this process. ``8``: shards
-    0..7 here. ``0-3/8`` or ``0,2,4-5/8``: these shard ids of 8 (the other ids run
-    in other processes).
-    """
-    if spec is None or not spec.strip():
-        return None
-    text = spec.strip().lower()
-    if text == "auto":
-        return {}
-    if text.isdigit() and int(text) > 0:
-        return {"shard_count": int(text)}
-    m = _SHARDS.match(text)
-    if m:
-        count = int(m.group("count"))
-        ids: list[int] = []
-        for part in m.group("ids").split(","):
-            lo, _, hi = part.partition("-")
-            ids += list(range(int(lo), int(hi or lo) + 1))
-        if count > 0 and ids and max(ids) < count:
-            return {"shard_count": count, "shard_ids": sorted(set(ids))}
-    raise UsageError(
-        f"PARLEY_DISCORD_SHARDS={spec!r} is not understood. Use auto, a shard count (8), or shard ids of a "
-        "count (0-3/8 runs shards 0, 1, 2 and 3 of 8 in this process)."
-    )
-
-
-def make_client(settings: Settings, **options: Any) -> discord.Client:
-    """The discord.py client: no privileged intents, no pings, 429s surfaced to the renderer."""
-    intents = discord.Intents.default()
-    intents.typing = False
-    intents.message_content = False  # mentions and DMs still carry their content
-    kwargs: dict[str, Any] = {
-        "intents": intents,
-        "allowed_mentions": NO_MENTIONS,
-        "http_trace": rate_limit_trace(),
-        "chunk_guilds_at_startup": False,
-        **options,
-    }
-    shards = parse_shards(settings.discord_shards)
-    if shards is None:
-        return discord.Client(**kwargs)
-    return discord.AutoShardedClient(**kwargs, **shards)
-
-
-def invite_url(application_id: int) -> str:
-    return discord.utils.oauth_url(application_id, permissions=PERMISSIONS, scopes=SCOPES)
-
-
-def thread_name(prompt: str) -> str:
-    name = " ".join(prompt.split()) or "Parley"
-    return name if len(name) <= THREAD_NAME_LIMIT else name[: THREAD_NAME_LIMIT - 1].rstrip() + "…"
 
 
 # --- the front-end ------------------------------------------------------------------------------------------
@@ -202,33 +106,7 @@ class DiscordFront(Requests):
 
     async def recover(self) -> int:
         """Mark every message a previous process left open as interrupted. Returns how many."""
-        store = self.services.store
-        store.mark_interrupted([FRONT_END])
-        n = 0
-        for post in store.open_posts(FRONT_END):
-            try:
-                ref = json.loads(post["ref"])
-                await self._mark_interrupted(ref, post.get("text") or "")
-                n += 1
-            except Exception as e:  # one deleted message must not block the rest
-                log.warning("could not mark post %s interrupted: %s", post["id"], redact(str(e)))
-            store.close_posts([post["id"]])
-        return n
-
-    async def _mark_interrupted(self, ref: dict[str, Any], shown: str) -> None:
-        channel = self.client.get_partial_messageable(int(ref["channel"]))
-        if ref.get("kind") == "thread":
-            await channel.send(content=THREAD_INTERRUPTED, allowed_mentions=NO_MENTIONS)
-            return
-        message = channel.get_partial_message(int(ref["message"]))
-        if not shown:
-            shown = (await message.fetch()).content
-        note = "\n\n" + INTERRUPTED
-        text = shown.removesuffix(STREAMING_MARK).rstrip()
-        if text.endswith("\n…"):
-            text = text[:-2]
-        text = text[: 2000 - len(note)] + note
-        await message.edit(content=text, allowed_mentions=NO_MENTIONS)
+        return await recovery.recover(self.client, self.services.store)
 
     # --- interactions -----------------------------------------------------------------------------------
     async def on_interaction(self, interaction: discord.Interaction) -> None:
@@ -264,14 +142,8 @@ class DiscordFront(Requests):
             await self._from_command(interaction, req)
 
     async def _info_text(self, name: str) -> str:
-        if name == "help":
-            return to_discord(help_text()) + (
-                "\n\nMention me (`@Parley compare providers:a,b Question`) in a channel to start a thread, "
-                "or in a thread to follow up."
-            )
-        from core.info import info_text
-
-        return to_discord(await info_text(self.services, name))
+        text = doc_to_markdown((await info.answer(self.services, name)).doc)
+        return text + MENTION_HELP if name == "help" else text
 
     async def _info(self, interaction: discord.Interaction, name: str) -> None:
         parts = chunks(await self._info_text(name))
@@ -293,11 +165,7 @@ class DiscordFront(Requests):
             needed = ["view", "send_thread"] + ([] if in_thread else ["send", "create_thread", "read_history"])
             missing = missing_permissions(interaction.app_permissions, needed)
             if missing:
-                await tell(
-                    f"⚠️ I'm missing {', '.join(f'**{m}**' for m in missing)} here. Ask a server admin to grant "
-                    f"{'it' if len(missing) == 1 else 'them'} to the Parley role (Server Settings → Roles, or the "
-                    f"channel's Permissions), then try again."
-                )
+                await tell(missing_message(missing))
                 return
         if channel is None or interaction.channel_id is None:
             await tell("⚠️ I can't tell which channel this came from; please try again in a channel.")
@@ -305,7 +173,7 @@ class DiscordFront(Requests):
         panel = ", ".join(p.title for p in self.services.engine.panel(req))
         quoted = "\n".join("> " + line for line in req.prompt.splitlines()) or "> …"
         parent_text = f"{interaction.user.mention} asked · **/{req.command}** · {panel}\n{quoted}"
-        parent_text = parent_text[:2000]
+        parent_text = parent_text[:CONTENT_LIMIT]
         messageable: Any = channel
         if not isinstance(channel, discord.abc.Messageable):
             messageable = self.client.get_partial_messageable(interaction.channel_id, guild_id=interaction.guild_id)
@@ -382,97 +250,10 @@ class DiscordFront(Requests):
         self, req: Request, channel_id: int, *, in_thread: bool, on_problem: Callable[[str], Awaitable[Any]]
     ) -> None:
         def make_sink(discussion_id: str) -> DiscordSink:
-            return DiscordSink(
-                self.client, channel_id, self.budgets, in_thread=in_thread, store=self.services.store,
-                discussion_id=discussion_id, on_problem=on_problem,
-            )
+            return DiscordSink(self.client, channel_id, self.budgets, in_thread=in_thread, on_problem=on_problem)
 
         await discuss_in_thread(
             self.services, req, conversation=f"discord:{channel_id}", front_end=FRONT_END,
             thread=(str(channel_id), {"channel": channel_id}), make_sink=make_sink, on_error=on_problem,
             on_renderer=self.renderers.append,
         )
-
-
-# --- entry points -------------------------------------------------------------------------------------------
-
-
-async def serve(services: Services, settings: Settings) -> None:
-    """Log in, recover, sync commands, then stay connected to the gateway until cancelled."""
-    token = check_token(settings)
-    configure_api(settings)
-    client = make_client(settings)
-    front = DiscordFront(services, client)
-    try:
-        await front.login(token)
-        await front.start(guild_id=settings.discord_guild_id)
-        log.info("Discord: logged in as %s; connecting to the gateway", client.user)
-        await client.connect(reconnect=True)
-    finally:
-        await front.shutdown()
-        await client.close()
-
-
-async def _with_login(settings: Settings, fn: Callable[[DiscordFront], Awaitable[int]]) -> int:
-    from core.services import build_services
-
-    token = check_token(settings)
-    configure_api(settings)
-    async with build_services(settings) as services:
-        client = make_client(settings)
-        front = DiscordFront(services, client)
-        try:
-            await front.login(token)
-            return await fn(front)
-        finally:
-            await client.close()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="parley discord",
-        description="Run the Discord bot, print its invite URL, or (re)sync its slash commands.",
-    )
-    p.add_argument("what", nargs="?", choices=["serve", "invite", "sync", "commands"], default="serve",
-                   help="serve (default); invite: print the invite URL; sync: re-sync commands now; "
-                        "commands: print the generated command JSON")
-    args = p.parse_args(list(argv or []))
-    if args.what == "commands":
-        print(json.dumps(command_payloads(Settings().max_prompt_chars), indent=2, ensure_ascii=False))
-        return 0
-    try:
-        settings = Settings()
-        check_token(settings)
-        parse_shards(settings.discord_shards)
-        if args.what == "invite":
-
-            async def invite(front: DiscordFront) -> int:
-                assert front.client.application_id is not None
-                print(invite_url(front.client.application_id))
-                return 0
-
-            return asyncio.run(_with_login(settings, invite))
-        if args.what == "sync":
-
-            async def sync(front: DiscordFront) -> int:
-                await front.sync_commands(settings.discord_guild_id, force=True)
-                scope = f"guild {settings.discord_guild_id}" if settings.discord_guild_id else "globally"
-                print(f"parley: synced {len(COMMANDS)} commands {scope}")
-                return 0
-
-            return asyncio.run(_with_login(settings, sync))
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-        async def go() -> None:
-            from core.services import build_services
-
-            async with build_services(settings) as services:
-                await serve(services, settings)
-
-        asyncio.run(go())
-    except KeyboardInterrupt:
-        return 0
-    except UsageError as e:
-        print(f"parley: {e.message}", file=sys.stderr)
-        return 2
-    return 0

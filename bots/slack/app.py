@@ -1,4 +1,4 @@
-"""``parley slack``: the Slack app (slack-bolt ``AsyncApp``), a thin adapter over the core.
+"""The Slack app (slack-bolt ``AsyncApp``): a thin adapter over the core.
 
 - Slash commands (every discussion and information command of the one command
   table, plus the ``/parley`` umbrella) are acknowledged at once; a discussion
@@ -6,23 +6,21 @@
   thread. Errors in the command come back as an ephemeral reply with the fix.
 - ``@Parley`` mentions answer in a thread under the mention; a mention inside a
   thread (or a direct message in a DM thread) continues that thread's discussion.
-- Socket Mode when ``SLACK_APP_TOKEN`` is set, otherwise HTTP on ``/slack/events``
-  with request signatures verified by bolt (bad signatures and timestamps older
-  than five minutes get 401).
-- At start-up, messages left open by a previous process are marked interrupted.
+- Over HTTP (:meth:`SlackFront.web_app`, ``/slack/events``) request signatures are
+  verified by bolt (bad signatures and timestamps older than five minutes get 401);
+  :mod:`bots.slack.main` serves it, or connects in Socket Mode.
+- At start-up, messages left open by a previous process are marked interrupted
+  (:mod:`bots.slack.recovery`).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import re
-import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -31,59 +29,24 @@ from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bots.slack.format import to_mrkdwn
-from bots.slack.manifest import EVENTS_PATH, manifest, slash_commands
-from bots.slack.sink import INTERRUPTED, SlackSink, WorkspaceBudgets, retry_after, slack_error
-from core.commands import UMBRELLA, Request, help_text, parse, parse_line
-from core.config import Settings
+from bots.slack.budgets import WorkspaceBudgets
+from bots.slack.errors import response_header, retry_after, slack_error
+from bots.slack.format import doc_to_mrkdwn, to_mrkdwn
+from bots.slack.manifest import EVENTS_PATH, slash_commands
+from bots.slack.recovery import recover
+from bots.slack.sink import FRONT_END, STREAM_LIFE, SlackSink
+from core import info
+from core.commands import UMBRELLA, Request, parse, parse_line
 from core.errors import ParleyError, UsageError, redact
+from core.present import code, line, strong
 from core.services import Services
 from core.threads import Requests, discuss_in_thread
 
 log = logging.getLogger("parley.slack")
 
-FRONT_END = "slack"
-DEFAULT_API_URL = "https://slack.com/api/"
-THREAD_INTERRUPTED = "⚠️ Interrupted: Parley restarted before this discussion finished. Ask again to rerun it."
 _AUTH_ERRORS = ("invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired")
-
-
-def check_tokens(settings: Settings, *, http: bool) -> tuple[str, str | None, str | None]:
-    """The bot token, app token and signing secret, or a UsageError saying how to fix them."""
-    if settings.slack_bot_token is None:
-        raise UsageError(
-            "SLACK_BOT_TOKEN is not set. Create the app from `parley slack manifest` "
-            "(see docs/slack.md), install it to your workspace, and put its Bot User OAuth Token "
-            "(xoxb-…) in .env as SLACK_BOT_TOKEN."
-        )
-    bot = settings.slack_bot_token.get_secret_value().strip()
-    if not bot.startswith("xoxb-"):
-        kind = {"xoxp-": "a user token", "xapp-": "an app-level token", "xoxe": "a refresh token"}
-        what = next((v for k, v in kind.items() if bot.startswith(k)), "not a bot token")
-        raise UsageError(
-            f"SLACK_BOT_TOKEN is {what}. Use the Bot User OAuth Token from OAuth & Permissions; "
-            "it starts with xoxb-."
-        )
-    app = settings.slack_app_token.get_secret_value().strip() if settings.slack_app_token else None
-    if app is not None and not app.startswith("xapp-"):
-        raise UsageError(
-            "SLACK_APP_TOKEN is not an app-level token (those start with xapp-). Create one under Basic "
-            "Information → App-Level Tokens with the connections:write scope, or unset it to use HTTP mode."
-        )
-    secret = (
-        settings.slack_signing_secret.get_secret_value().strip() if settings.slack_signing_secret else None
-    )
-    if http and app is None and not secret:
-        raise UsageError(
-            "HTTP mode needs SLACK_SIGNING_SECRET (Basic Information → App Credentials) to verify that "
-            "requests come from Slack. Or set SLACK_APP_TOKEN to use Socket Mode instead."
-        )
-    return bot, app, secret
-
-
-def api_url(settings: Settings) -> str:
-    url = settings.slack_api_url or DEFAULT_API_URL
-    return url if url.endswith("/") else url + "/"
+#: Appended to the help in Slack.
+MENTION_HINT = line("Mention me (", code("@Parley compare …"), ") in a thread to follow up.")
 
 
 class Dedupe:
@@ -152,40 +115,9 @@ class SlackFront(Requests):
             raise UsageError(f"Slack auth.test failed ({err or e.response.status_code}).") from None
         self.bot_user_id = resp.get("user_id")
         self.team_id = resp.get("team_id")
-        scopes = {s.strip() for s in str(_header(resp.headers, "x-oauth-scopes") or "").split(",")}
+        scopes = {s.strip() for s in str(response_header(resp.headers, "x-oauth-scopes") or "").split(",")}
         self.customize = "chat:write.customize" in scopes
-        await self.recover()
-
-    async def recover(self) -> int:
-        """Mark every message a previous process left open as interrupted. Returns how many."""
-        store = self.services.store
-        store.mark_interrupted([FRONT_END])
-        n = 0
-        for post in store.open_posts(FRONT_END):
-            ref = json.loads(post["ref"])
-            try:
-                await self._mark_interrupted(ref, post.get("text") or "")
-                n += 1
-            except Exception as e:  # keep going: one deleted message must not block the rest
-                log.warning("could not mark %s interrupted: %s", ref.get("ts"), redact(str(e)))
-            store.close_posts([post["id"]])
-        return n
-
-    async def _mark_interrupted(self, ref: dict[str, Any], shown: str) -> None:
-        channel, ts, kind = ref["channel"], ref["ts"], ref["kind"]
-        if kind == "thread":
-            await self.client.chat_postMessage(channel=channel, thread_ts=ts, text=THREAD_INTERRUPTED)
-            return
-        if kind == "stream":
-            try:
-                await self.client.chat_stopStream(channel=channel, ts=ts, markdown_text="\n\n" + INTERRUPTED)
-                return
-            except SlackApiError as e:
-                if slack_error(e) != "message_not_in_streaming_state":
-                    raise
-            shown = to_mrkdwn(shown)  # the stream ended on its own: rewrite it as a plain message
-        text = shown.removesuffix(" …") + "\n\n" + INTERRUPTED
-        await self.client.chat_update(channel=channel, ts=ts, text=text)
+        await recover(self.client, self.services.store)
 
     def web_app(self) -> web.Application:
         server = AsyncSlackAppServer(port=0, path=EVENTS_PATH, app=self.app)
@@ -225,21 +157,21 @@ class SlackFront(Requests):
         self.spawn(self._from_command(req, command, respond))
 
     async def _info(self, name: str, respond: Callable[..., Awaitable[Any]]) -> None:
-        await respond(text=to_mrkdwn(await self._info_text(name)), response_type="ephemeral")
+        await respond(text=await self._info_text(name), response_type="ephemeral")
 
     async def _info_text(self, name: str) -> str:
+        doc = (await info.answer(self.services, name)).doc
         if name == "help":
-            return help_text() + "\n\nMention me (`@Parley compare …`) in a thread to follow up."
-        from core.info import info_text
-
-        return await info_text(self.services, name)
+            doc = [*doc, line(), MENTION_HINT]
+        return doc_to_mrkdwn(doc)
 
     async def _from_command(self, req: Request, command: dict[str, Any], respond: Any) -> None:
         channel, user, team = command["channel_id"], command["user_id"], command.get("team_id")
         budgets = self.budgets(team)
         panel = ", ".join(p.title for p in self.services.engine.panel(req))
-        quoted = "\n".join("> " + line for line in to_mrkdwn(req.prompt).splitlines())
-        parent_text = f"<@{user}> asked · *{req.command}* · {panel}\n{quoted}"
+        quoted = "\n".join("> " + ln for ln in to_mrkdwn(req.prompt).splitlines())
+        asked = doc_to_mrkdwn([line(strong(req.command), f" · {panel}")])
+        parent_text = f"<@{user}> asked · {asked}\n{quoted}"
         ts = None
         for attempt in range(5):
             await budgets.post(channel).acquire(0.0)
@@ -304,7 +236,7 @@ class SlackFront(Requests):
         if req.mode is None:
             await self.budgets(team).post(channel).acquire(0.0)
             await self.client.chat_postMessage(
-                channel=channel, thread_ts=thread_ts, text=to_mrkdwn(await self._info_text(req.command))
+                channel=channel, thread_ts=thread_ts, text=await self._info_text(req.command)
             )
             return
         await self._discuss(req, team, channel, thread_ts, user, on_error=ephemeral)
@@ -328,12 +260,10 @@ class SlackFront(Requests):
                 self.budgets(team),
                 channel,
                 thread_ts,
-                store=self.services.store,
-                discussion_id=discussion_id,
                 recipient_user_id=user or None,
                 recipient_team_id=team or self.team_id,
                 customize=self.customize,
-                **({"stream_life": self.stream_life} if self.stream_life is not None else {}),
+                stream_life=STREAM_LIFE if self.stream_life is None else self.stream_life,
             )
 
         await discuss_in_thread(
@@ -355,13 +285,6 @@ def _strip_mention(text: str, bot_user_id: str | None) -> str:
     return " ".join(text.split())
 
 
-def _header(headers: Any, name: str) -> Any:
-    for k, v in (headers or {}).items():
-        if k.lower() == name:
-            return v[0] if isinstance(v, list) else v
-    return None
-
-
 def _post_error(err: str) -> str:
     if err in ("not_in_channel", "channel_not_found"):
         return (
@@ -373,75 +296,3 @@ def _post_error(err: str) -> str:
     if err == "missing_scope":
         return "⚠️ The app is missing a scope: reinstall it from `parley slack manifest`."
     return f"⚠️ Slack did not accept the message ({err}). Please try again."
-
-
-# --- entry points -------------------------------------------------------------------------------------
-async def serve(services: Services, settings: Settings, *, port: int | None = None) -> None:
-    """Run until cancelled: Socket Mode with an app token, else HTTP."""
-    bot, app_token, secret = check_tokens(settings, http=True)
-    client = AsyncWebClient(token=bot, base_url=api_url(settings), timeout=30)
-    front = SlackFront(services, client, signing_secret=None if app_token else secret)
-    await front.start()
-    try:
-        if app_token:
-            from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
-
-            handler = AsyncSocketModeHandler(
-                front.app, app_token, web_client=AsyncWebClient(base_url=api_url(settings))
-            )
-            await handler.connect_async()
-            log.info("Slack: connected in Socket Mode")
-            try:
-                await asyncio.Event().wait()
-            finally:
-                await handler.close_async()
-        else:
-            runner = web.AppRunner(front.web_app())
-            await runner.setup()
-            site = web.TCPSite(runner, "0.0.0.0", port or settings.port)
-            await site.start()
-            log.info("Slack: listening on :%d%s", port or settings.port, EVENTS_PATH)
-            try:
-                await asyncio.Event().wait()
-            finally:
-                await runner.cleanup()
-    finally:
-        await front.shutdown()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="parley slack", description="Run the Slack app, or print its manifest.")
-    p.add_argument("what", nargs="?", choices=["serve", "manifest"], default="serve")
-    p.add_argument("--port", type=int, help="HTTP mode port (default: PORT or 3000)")
-    p.add_argument("--request-url", help="manifest: the public https URL of /slack/events (HTTP mode)")
-    p.add_argument("--socket-mode", action="store_true", help="manifest: Socket Mode (no public URL needed)")
-    args = p.parse_args(list(argv or []))
-    if args.what == "manifest":
-        if not args.socket_mode and not args.request_url:
-            args.socket_mode = True
-        print(
-            json.dumps(
-                manifest(socket_mode=args.socket_mode, request_url=args.request_url),
-                indent=2,
-                ensure_ascii=False,
-            )
-        )
-        return 0
-    settings = Settings()
-    check_tokens(settings, http=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    async def go() -> None:
-        from core.services import build_services
-
-        async with build_services(settings) as services:
-            await serve(services, settings, port=args.port)
-
-    try:
-        asyncio.run(go())
-    except KeyboardInterrupt:
-        pass
-    except UsageError as e:
-        print(f"parley: {e.message}", file=sys.stderr)
-        return 2
-    return 0

@@ -5,11 +5,21 @@ Models write CommonMark; ``chat.postMessage``/``chat.update`` ``text`` is Slack'
 ``_italic_``, ``~strike~``, ``<url|label>``, no headings, and ``&``, ``<``, ``>``
 must be escaped. Native streams (``chat.startStream``/``appendStream``) take
 ``markdown_text`` and render CommonMark themselves, so they skip this.
+
+What Parley itself says (summaries, stage titles, informational commands, reply
+headers) comes from core as a :data:`core.present.Doc` and becomes Slack text in
+:func:`doc_to_mrkdwn` (or :func:`doc_to_markdown` for a stream's header): every
+span escaped, so provider text such as ``<!channel>`` never reaches Slack raw.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+
+from core import present
+from core.events import TurnInfo
+from core.present import Line
 
 _FENCE = re.compile(r"^(\s*)```[^\n`]*$")
 _INLINE_CODE = re.compile(r"(`+)(.+?)\1")
@@ -75,3 +85,26 @@ def to_mrkdwn(markdown: str) -> str:
             line = f"{b.group(1)}• " + line[b.end() :]
         out.append(_inline(line))
     return "\n".join(out)
+
+
+def doc_to_mrkdwn(doc: Iterable[Line]) -> str:
+    """Core's structured text as Slack mrkdwn (``chat.postMessage``/``chat.update``)."""
+    return present.render(
+        doc, styles={"strong": lambda s: f"*{s}*", "code": lambda s: f"`{s}`"}, escape=escape
+    )
+
+
+def doc_to_markdown(doc: Iterable[Line]) -> str:
+    """Core's structured text as the CommonMark a native stream's ``markdown_text`` takes."""
+    return present.render(doc, styles={"strong": lambda s: f"**{s}**", "code": lambda s: f"`{s}`"})
+
+
+def header(turn: TurnInfo, part: int, *, markdown: bool) -> str:
+    """A reply's first line: who answers, with which model, and which part of the answer."""
+    who = f"{turn.emoji + ' ' if turn.emoji else ''}{turn.persona_name}" if turn.persona_name else ""
+    head = present.line(
+        *((present.strong(who), " · ") if who else ()),
+        present.code(f"{turn.provider}/{turn.model}"),
+        f" (part {part})" if part > 1 else "",
+    )
+    return doc_to_markdown([head]) if markdown else doc_to_mrkdwn([head])

@@ -1,4 +1,4 @@
-"""Slack as a :class:`core.render.Sink`: one discussion thread.
+"""Slack as a :class:`core.sink.Sink`: one discussion thread.
 
 Two ways to write a reply, each with its own budget
 (https://api.slack.com/apis/rate-limits; limits are per method per workspace):
@@ -15,14 +15,17 @@ The choice is made per reply from the budgets: a new reply streams natively when
 a ``startStream`` token is free right now and fewer streams are live than
 ``stopStream`` can end in a minute; otherwise it is posted and updated. Under a
 light load every reply streams; under a heavy one the replies spread over both
-budgets, so a workspace gets the sum of the two rates instead of either alone.
+budgets, so a workspace gets the sum of the two rates instead of either alone
+(:mod:`bots.slack.budgets`).
+
+The sink only writes to Slack: which messages are open, what they show and
+their budget claims are kept by the renderer's :class:`core.ledger.Ledger`. It
+keeps its own count of live streams (each needs a ``stopStream``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -32,77 +35,23 @@ from typing import Any, Literal
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bots.slack.format import to_mrkdwn
-from core.events import DiscussionFinished, DiscussionStarted, Event, StageStarted, TurnInfo
-from core.render import (
-    Frame,
-    MessageClosed,
-    RateLimited,
-    TokenBucket,
-    Undeliverable,
-    WindowBudget,
-    summary_markdown,
-)
-from core.store import Store
+from bots.slack.budgets import WorkspaceBudgets
+from bots.slack.errors import PERMANENT_ERRORS, retry_after, slack_error
+from bots.slack.format import doc_to_mrkdwn, escape, header, to_mrkdwn
+from core.budget import TokenBucket
+from core.events import DiscussionFinished, StageStarted, TurnInfo
+from core.present import line, strong, summary_doc
+from core.sink import Frame, MessageClosed, Notice, RateLimited, Sink, Undeliverable
 
 log = logging.getLogger("parley.slack")
 
-#: Calls per minute per workspace, from Slack's published tiers.
-TIER_LIMITS: dict[str, int] = {
-    "chat.update": 50,  # Tier 3
-    "chat.startStream": 20,  # Tier 2
-    "chat.appendStream": 100,  # Tier 4
-    "chat.stopStream": 20,  # Tier 2
-}
-#: chat.postMessage: about one per second per channel, short bursts allowed.
-POST_PER_CHANNEL_PER_SECOND = 1.0
+FRONT_END = "slack"
 #: Keep messages well under Slack's 4,000-character guidance (header and notes included).
 MESSAGE_LIMIT = 3_800
 #: Slack ends a stream after about five minutes; roll over to a new message before that.
 STREAM_LIFE = 270.0
-INTERRUPTED = "⚠️ Interrupted: Parley restarted while this reply was being written. Ask again to rerun it."
-
-
-def tier_bucket(per_minute: int, name: str, window: float = 60.0) -> WindowBudget:
-    """Slack's "N per minute" as a sliding window, kept one call below the limit so
-    that network jitter between our clock and Slack's cannot push a burst over it."""
-    # Stream starts and stops are not progress updates: they may use the whole burst.
-    paced = name in ("chat.update", "chat.appendStream")
-    return WindowBudget(per_minute - 1, window, paced=paced, name=name)
-
-
-@dataclass
-class WorkspaceBudgets:
-    """Every reply in a workspace draws from these, whatever discussion it belongs to."""
-
-    limits: dict[str, int] = field(default_factory=lambda: dict(TIER_LIMITS))
-    window: float = 60.0  # seconds the per-minute limits are counted over (benchmarks compress time)
-    post_rate: float = POST_PER_CHANNEL_PER_SECOND
-    buckets: dict[str, WindowBudget] = field(default_factory=dict)
-    channels: dict[str, TokenBucket] = field(default_factory=dict)
-    live_streams: int = 0
-    streams_enabled: bool = True
-
-    def __post_init__(self) -> None:
-        for method, n in self.limits.items():
-            self.buckets[method] = tier_bucket(n, method, self.window)
-
-    def __getitem__(self, method: str) -> WindowBudget:
-        return self.buckets[method]
-
-    def post(self, channel: str) -> TokenBucket:
-        bucket = self.channels.get(channel)
-        if bucket is None:
-            bucket = self.channels[channel] = TokenBucket(self.post_rate * 0.95, 1, name=f"post:{channel}")
-        return bucket
-
-    def can_stream(self) -> bool:
-        """A new reply may stream natively: a start token is free now and the stops keep up."""
-        return (
-            self.streams_enabled
-            and self.buckets["chat.startStream"].available()
-            and self.live_streams < self.limits["chat.stopStream"]
-        )
+#: startStream errors meaning this workspace cannot stream at all.
+NO_STREAMS = ("missing_scope", "unknown_method", "not_allowed", "method_deprecated")
 
 
 @dataclass
@@ -110,67 +59,17 @@ class SlackRef:
     channel: str
     ts: str
     kind: Literal["stream", "message"]
-    post_id: int | None = None
     started: float = field(default_factory=time.monotonic)
     shown: str = ""  # what the message shows now (markdown for streams, mrkdwn for messages)
-    open: bool = True
-    claim: WindowBudget | None = None  # the budget this message's final operation is reserved in
-
-    def dumps(self) -> str:
-        return json.dumps({"channel": self.channel, "ts": self.ts, "kind": self.kind})
+    live: bool = False  # a stream not yet stopped: holds one of the workspace's live-stream slots
 
 
-def retry_after(e: SlackApiError) -> float:
-    headers = getattr(e.response, "headers", {}) or {}
-    for k, v in headers.items():
-        if k.lower() == "retry-after":
-            v = v[0] if isinstance(v, list) else v
-            try:
-                return max(0.0, float(v))
-            except (TypeError, ValueError):
-                break
-    return 1.0
-
-
-# Errors no retry will fix: the renderer stops writing the turn (what is shown stays).
-PERMANENT_ERRORS = frozenset(
-    {
-        "channel_not_found",
-        "not_in_channel",
-        "is_archived",
-        "thread_not_found",
-        "account_inactive",
-        "token_revoked",
-        "invalid_auth",
-        "not_authed",
-        "no_permission",
-        "restricted_action",
-        "team_access_not_granted",
-        "ekm_access_denied",
-    }
-)
-
-
-def slack_error(e: SlackApiError) -> str:
-    data = getattr(e.response, "data", None)
-    return str(data.get("error", "")) if isinstance(data, dict) else ""
-
-
-def header(turn: TurnInfo, part: int, *, markdown: bool) -> str:
-    who = f"{turn.emoji + ' ' if turn.emoji else ''}{turn.persona_name}" if turn.persona_name else ""
-    where = f"`{turn.provider}/{turn.model}`"
-    cont = f" (part {part})" if part > 1 else ""
-    if not who:
-        return f"{where}{cont}"
-    star = "**" if markdown else "*"
-    return f"{star}{who}{star} · {where}{cont}"
-
-
-class SlackSink:
+class SlackSink(Sink):
     """Render one discussion into one Slack thread."""
 
     limit = MESSAGE_LIMIT
     min_interval = 0.8
+    front_end = FRONT_END
 
     def __init__(
         self,
@@ -179,8 +78,6 @@ class SlackSink:
         channel: str,
         thread_ts: str,
         *,
-        store: Store | None = None,
-        discussion_id: str | None = None,
         recipient_user_id: str | None = None,
         recipient_team_id: str | None = None,
         customize: bool = False,
@@ -191,8 +88,7 @@ class SlackSink:
         self.budgets = budgets
         self.channel = channel
         self.thread_ts = thread_ts
-        self.store = store
-        self.discussion_id = discussion_id
+        self.destination = f"{channel}:{thread_ts}"
         self.recipient_user_id = recipient_user_id
         self.recipient_team_id = recipient_team_id
         self.customize = customize
@@ -220,12 +116,24 @@ class SlackSink:
             return self.budgets["chat.stopStream"]
         return self.budgets["chat.appendStream"]
 
+    def final_budget(self, ref: SlackRef) -> TokenBucket:
+        return self.budgets["chat.appendStream"] if ref.kind == "stream" else self.edit_budget
+
+    # --- what the ledger records ----------------------------------------------------------------
+    def record(self, ref: SlackRef) -> dict[str, Any]:
+        return {"channel": ref.channel, "ts": ref.ts, "kind": ref.kind}
+
+    def shown(self, ref: SlackRef) -> str:
+        return ref.shown
+
     # --- text ------------------------------------------------------------------------------------
     def _markdown(self, frame: Frame) -> str:
         """A stream's whole text so far: grows only at the end, so it can be appended."""
         text = header(frame.turn, frame.part, markdown=True) + "\n\n" + frame.text
         if frame.state == "failed" and frame.notice:
-            text += f"\n\n⚠️ {frame.notice}"
+            # Escaped (CommonMark shows the entities as the characters): an error quoting
+            # ``<!channel>`` must not ping anyone.
+            text += f"\n\n⚠️ {escape(frame.notice)}"
         return text
 
     def _mrkdwn(self, frame: Frame) -> str:
@@ -250,7 +158,7 @@ class SlackSink:
             return rest[min(already, lead) :]
         return None
 
-    # --- Sink protocol ----------------------------------------------------------------------------
+    # --- Sink ------------------------------------------------------------------------------------
     async def post(self, frame: Frame) -> SlackRef:
         route = self._route.pop((frame.turn.turn_id, frame.part), "message")
         ident = self._identity(frame.turn)
@@ -268,46 +176,27 @@ class SlackSink:
                     **ident,
                 )
             except SlackApiError as e:
-                if slack_error(e) in ("missing_scope", "unknown_method", "not_allowed", "method_deprecated"):
+                if slack_error(e) in NO_STREAMS:
                     # This workspace cannot stream: post and update from now on.
                     log.warning("native streams unavailable (%s); using post and update", slack_error(e))
                     self.budgets.streams_enabled = False
                 raise
             self.budgets.live_streams += 1
-            ref = SlackRef(self.channel, str(resp["ts"]), "stream", shown=text)
-            ref.claim = self.budgets["chat.appendStream"]
-        else:
-            text = self._mrkdwn(frame)
-            resp = await self._call(
-                "chat.postMessage",
-                self.client.chat_postMessage,
-                channel=self.channel,
-                thread_ts=self.thread_ts,
-                text=text,
-                unfurl_links=False,
-                unfurl_media=False,
-                **ident,
-            )
-            ref = SlackRef(self.channel, str(resp["ts"]), "message", shown=text)
-            ref.claim = self.edit_budget
-        if frame.state == "streaming":
-            ref.claim.claim(1)
-        else:
-            ref.claim = None
-        if self.store is not None and self.discussion_id is not None:
-            ref.post_id = self.store.record_post(
-                self.discussion_id,
-                frame.turn.turn_id,
-                "slack",
-                f"{self.channel}:{self.thread_ts}",
-                ref.dumps(),
-            )
-        self._saved(ref, frame)
-        return ref
+            return SlackRef(self.channel, str(resp["ts"]), "stream", shown=text, live=True)
+        text = self._mrkdwn(frame)
+        resp = await self._call(
+            "chat.postMessage",
+            self.client.chat_postMessage,
+            channel=self.channel,
+            thread_ts=self.thread_ts,
+            text=text,
+            unfurl_links=False,
+            unfurl_media=False,
+            **ident,
+        )
+        return SlackRef(self.channel, str(resp["ts"]), "message", shown=text)
 
     async def edit(self, ref: SlackRef, frame: Frame) -> None:
-        if frame.state != "streaming":
-            self._release(ref)
         if ref.kind == "message":
             await self._update(ref, frame)
             return
@@ -319,15 +208,11 @@ class SlackSink:
         delta = self._delta(ref, new)
         if delta is None:
             # The text changed other than at the end (rare): end the stream and go on
-            # with the same message as a posted one, replaced as a whole.
+            # with the same message as a posted one, replaced as a whole (the ledger
+            # moves its claim to chat.update, see final_budget).
             await self._end_stream(ref)
-            self.budgets.live_streams -= 1
+            self._closed(ref)
             ref.kind = "message"
-            if ref.claim is not None:
-                self._release(ref)
-                if not final:
-                    ref.claim = self.edit_budget
-                    ref.claim.claim(1)
             await self._update(ref, frame)
             return
         if delta:
@@ -352,22 +237,18 @@ class SlackSink:
                 task.add_done_callback(self._stops.discard)
             else:
                 await self._stop(ref)
-        self._saved(ref, frame)
 
-    @staticmethod
-    def shows(event: Event) -> bool:
+    def shows(self, event: Notice) -> bool:
         """Stage titles and the summary get a message; the parent already heads the thread."""
         return isinstance(event, (StageStarted, DiscussionFinished))
 
-    async def notice(self, event: Event) -> None:
-        if isinstance(event, DiscussionStarted):
-            return  # the parent message (or the mention) already heads the thread
+    async def notice(self, event: Notice) -> None:
         if isinstance(event, StageStarted):
-            text = f"*{event.title}*"
+            text = doc_to_mrkdwn([line(strong(event.title))])
         elif isinstance(event, DiscussionFinished):
-            text = summary_markdown(event)
+            text = doc_to_mrkdwn(summary_doc(event))
         else:
-            return
+            return  # the parent message (or the mention) already heads the thread
         await self._call(
             "chat.postMessage",
             self.client.chat_postMessage,
@@ -375,6 +256,10 @@ class SlackSink:
             thread_ts=self.thread_ts,
             text=text,
         )
+
+    def abandon(self, ref: SlackRef) -> None:
+        """The renderer gave up on this message (the channel refuses writes)."""
+        self._closed(ref)
 
     async def aclose(self) -> None:
         """Wait for streams still being stopped in the background."""
@@ -404,15 +289,14 @@ class SlackSink:
         """Replace a posted message's text."""
         text = self._mrkdwn(frame)
         try:
-            await self._call("chat.update", self.client.chat_update, channel=ref.channel, ts=ref.ts, text=text)
+            await self._call(
+                "chat.update", self.client.chat_update, channel=ref.channel, ts=ref.ts, text=text
+            )
         except SlackApiError as e:
             if slack_error(e) in ("message_not_found", "cant_update_message"):
-                # Deleted by someone: the rest of the reply continues in a new message.
-                self._closed(ref)
-                raise MessageClosed() from None
+                raise MessageClosed() from None  # deleted by someone: the rest continues in a new message
             raise
         ref.shown = text
-        self._saved(ref, frame)
 
     async def _end_stream(self, ref: SlackRef) -> None:
         try:
@@ -440,29 +324,8 @@ class SlackSink:
                 await asyncio.sleep(min(2.0, 0.2 * 2**attempt))
         self._closed(ref)  # Slack ends it within minutes anyway; do not hold a stream slot
 
-    @staticmethod
-    def _release(ref: SlackRef) -> None:
-        if ref.claim is not None:
-            ref.claim.claim(-1)
-            ref.claim = None
-
-    def abandon(self, ref: SlackRef) -> None:
-        """The renderer gave up on this message (the channel refuses writes)."""
-        self._closed(ref)
-
     def _closed(self, ref: SlackRef) -> None:
-        self._release(ref)
-        if ref.kind == "stream" and ref.open:
+        """The stream ended (or will never be written again): free its live-stream slot."""
+        if ref.live:
+            ref.live = False
             self.budgets.live_streams -= 1
-        ref.open = False
-        if self.store is not None and ref.post_id is not None:
-            self.store.close_posts([ref.post_id])
-
-    def _saved(self, ref: SlackRef, frame: Frame) -> None:
-        if self.store is None or ref.post_id is None:
-            return
-        if frame.state == "streaming":
-            self.store.update_post_text(ref.post_id, ref.shown)
-        else:
-            with contextlib.suppress(Exception):
-                self.store.close_posts([ref.post_id])

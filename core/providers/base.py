@@ -8,14 +8,13 @@ rendering. Retries wrap a wire in :mod:`core.providers.retry`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import SecretStr
 
 if TYPE_CHECKING:
-    from core.providers.http import HTTPClient
     from core.providers.spec import ModelSpec, ProviderSpec
 
 
@@ -64,6 +63,16 @@ class FinishChunk:
 
 
 Chunk = TextChunk | ReasoningChunk | UsageChunk | FinishChunk
+
+
+class HTTPClient(Protocol):
+    def stream(
+        self, method: str, url: str, *, json: Any = None, headers: Mapping[str, str] | None = None
+    ) -> Any:
+        """An async context manager yielding a :class:`core.providers.http.Reply`."""
+        ...
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass(slots=True)

@@ -18,7 +18,7 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import httpx
@@ -37,16 +37,6 @@ class Reply:
 
     async def read(self) -> bytes:
         return b"".join([c async for c in self.chunks])
-
-
-class HTTPClient(Protocol):
-    def stream(
-        self, method: str, url: str, *, json: Any = None, headers: Mapping[str, str] | None = None
-    ) -> Any:
-        """An async context manager yielding a :class:`Reply`."""
-        ...
-
-    async def aclose(self) -> None: ...
 
 
 class AiohttpClient:

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING
 from core.errors import UNAVAILABLE, ErrorKind, ParleyError, UsageError, suggest
 from core.providers.base import Endpoint, Wire
 from core.providers.spec import Catalog, ModelSpec, ProviderSpec
+from core.providers.wires import make_wire
 
 if TYPE_CHECKING:
     from core.config import Settings
-    from core.providers.http import HTTPClient
+    from core.providers.base import HTTPClient
     from core.store import HealthMark, Store
 
 #: Status names shown by ``parley providers`` (the issue's contract).
@@ -31,21 +32,6 @@ class Health:
     status: str  # ok | not_configured | auth_failed | quota_exhausted | rate_limited | unreachable | error
     message: str = ""
     checked_at: float = 0.0
-
-
-def _make_wire(endpoint: Endpoint) -> Wire:
-    wire = endpoint.spec.wire
-    if wire == "openai_chat":
-        from core.providers.openai_chat import OpenAIChatWire
-
-        return OpenAIChatWire(endpoint)
-    if wire == "anthropic_messages":
-        from core.providers.anthropic import AnthropicWire
-
-        return AnthropicWire(endpoint)
-    from core.providers.local import LlamaCppWire
-
-    return LlamaCppWire(endpoint)
 
 
 class Registry:
@@ -124,7 +110,7 @@ class Registry:
             )
         wire = self._wires.get(spec.id)
         if wire is None:
-            wire = self._wires[spec.id] = _make_wire(self.endpoint(spec))
+            wire = self._wires[spec.id] = make_wire(self.endpoint(spec))
         return wire
 
     async def aclose(self) -> None:

@@ -1,24 +1,14 @@
 """The provider catalog as typed data: ProviderSpec / ModelSpec / QuirkProfile.
 
-``catalog.toml`` beside this file is THE provider list. A user config file
-(``PARLEY_CONFIG``, TOML, same shape) is deep-merged over it: it can add a whole
-provider row or change any field of a shipped one. Nothing else in the code
-names a provider.
+:func:`core.providers.catalog.load_catalog` reads ``catalog.toml`` (THE
+provider list) and the user's ``PARLEY_CONFIG`` into these models.
 """
 
 from __future__ import annotations
 
-import tomllib
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from core.errors import UsageError
-
-CATALOG_PATH = Path(__file__).with_name("catalog.toml")
-
-WireName = Literal["openai_chat", "anthropic_messages", "llama_cpp"]
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class QuirkProfile(BaseModel):
@@ -66,7 +56,8 @@ class ProviderSpec(BaseModel):
 
     id: str = ""
     label: str
-    wire: WireName = "openai_chat"
+    #: A key of :data:`core.providers.wires.WIRES`.
+    wire: str = "openai_chat"
     base_url: str | None = None
     base_url_env: str | None = None
     key_env: str | None = None
@@ -125,45 +116,3 @@ class Catalog(BaseModel):
                 if name and name not in out:
                     out.append(name)
         return out
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise UsageError(f"Config file {path} does not exist. Fix PARLEY_CONFIG or create it.") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"Config file {path} is not valid TOML: {e}.") from None
-
-
-def load_catalog(user_config: Path | None = None) -> Catalog:
-    """The shipped catalog, with the user's config merged over it."""
-    data = _read_toml(CATALOG_PATH)
-    source = str(CATALOG_PATH.name)
-    if user_config is not None:
-        user = _read_toml(user_config)
-        unknown = set(user) - {"providers", "quirks"}
-        if unknown:
-            raise UsageError(
-                f"{user_config}: unknown top-level table(s) {sorted(unknown)}; "
-                f"only [providers.ID] and [quirks.NAME] may be overridden."
-            )
-        data = _merge(data, user)
-        source = f"{user_config} (over the shipped catalog)"
-    try:
-        return Catalog.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise UsageError(f"{source}: invalid provider config at '{loc}': {first['msg']}.") from e

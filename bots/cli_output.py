@@ -24,7 +24,7 @@ from core.events import (
     TurnStarted,
     to_dict,
 )
-from core.render import summary_markdown
+from core.present import plain, summary_doc
 
 
 async def print_json_events(events: AsyncIterator[Event], out: TextIO = sys.stdout) -> int:
@@ -74,8 +74,8 @@ async def print_plain(
             elif stream_single and ev.text:
                 out.write("\n")
             out.flush()
-            err.write(f"✗ {ev.turn.label}: {ev.error['message']}\n")
+            err.write(f"✗ {ev.turn.label}: {ev.error.message}\n")
         elif isinstance(ev, DiscussionFinished):
             status = ev.status
-            err.write(summary_markdown(ev) + "\n")
+            err.write(plain(summary_doc(ev)) + "\n")
     return 0 if status == "finished" else 1

@@ -1,0 +1,102 @@
+"""The Discord front-end's settings and client setup.
+
+``DISCORD_TOKEN`` (the bot token), ``DISCORD_GUILD_ID`` (sync commands to one
+server instead of globally), ``DISCORD_API_URL`` (the REST base: a proxy, or a
+loopback fake in tests) and ``PARLEY_DISCORD_SHARDS``: ``auto``
+(AutoShardedClient), ``8`` (all 8 shards here), or ``0-3/8`` (shards 0..3 of 8:
+split shards across processes).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import discord
+from pydantic import AliasChoices, Field, SecretStr
+
+from bots.discord.format import NO_MENTIONS
+from bots.discord.permissions import PERMISSIONS
+from bots.discord.ratelimit import rate_limit_trace
+from core.config import EnvSettings
+from core.errors import UsageError
+
+DEFAULT_API_URL = "https://discord.com/api/v10"
+SCOPES = ("bot", "applications.commands")
+
+
+class DiscordSettings(EnvSettings):
+    """What the Discord front-end reads from the environment (and ``.env``)."""
+
+    token: SecretStr | None = Field(None, validation_alias=AliasChoices("DISCORD_TOKEN"))
+    guild_id: int | None = Field(None, validation_alias=AliasChoices("DISCORD_GUILD_ID"))
+    api_url: str | None = Field(None, validation_alias=AliasChoices("DISCORD_API_URL"))
+    shards: str | None = Field(None, validation_alias=AliasChoices("PARLEY_DISCORD_SHARDS"))
+
+
+def check_token(settings: DiscordSettings) -> str:
+    if settings.token is None or not settings.token.get_secret_value().strip():
+        raise UsageError(
+            "DISCORD_TOKEN is not set. Create an application at https://discord.com/developers/applications, "
+            "open Bot → Reset Token, and put the token in .env as DISCORD_TOKEN (see docs/discord.md)."
+        )
+    return settings.token.get_secret_value().strip()
+
+
+def configure_api(settings: DiscordSettings) -> None:
+    """``DISCORD_API_URL`` overrides the REST base (a proxy, or a loopback fake in tests)."""
+    discord.http.Route.BASE = (settings.api_url or DEFAULT_API_URL).rstrip("/")
+
+
+_SHARDS = re.compile(r"^(?P<ids>\d+(?:-\d+)?(?:,\d+(?:-\d+)?)*)/(?P<count>\d+)$")
+
+
+def parse_shards(spec: str | None) -> dict[str, Any] | None:
+    """``PARLEY_DISCORD_SHARDS`` as AutoShardedClient arguments; None for a plain (unsharded) client.
+
+    ``auto``: Discord's recommended shard count, all in this process. ``8``: shards
+    0..7 here. ``0-3/8`` or ``0,2,4-5/8``: these shard ids of 8 (the other ids run
+    in other processes).
+    """
+    if spec is None or not spec.strip():
+        return None
+    text = spec.strip().lower()
+    if text == "auto":
+        return {}
+    if text.isdigit() and int(text) > 0:
+        return {"shard_count": int(text)}
+    m = _SHARDS.match(text)
+    if m:
+        count = int(m.group("count"))
+        ids: list[int] = []
+        for part in m.group("ids").split(","):
+            lo, _, hi = part.partition("-")
+            ids += list(range(int(lo), int(hi or lo) + 1))
+        if count > 0 and ids and max(ids) < count:
+            return {"shard_count": count, "shard_ids": sorted(set(ids))}
+    raise UsageError(
+        f"PARLEY_DISCORD_SHARDS={spec!r} is not understood. Use auto, a shard count (8), or shard ids of a "
+        "count (0-3/8 runs shards 0, 1, 2 and 3 of 8 in this process)."
+    )
+
+
+def make_client(settings: DiscordSettings, **options: Any) -> discord.Client:
+    """The discord.py client: no privileged intents, no pings, 429s surfaced to the renderer."""
+    intents = discord.Intents.default()
+    intents.typing = False
+    intents.message_content = False  # mentions and DMs still carry their content
+    kwargs: dict[str, Any] = {
+        "intents": intents,
+        "allowed_mentions": NO_MENTIONS,
+        "http_trace": rate_limit_trace(),
+        "chunk_guilds_at_startup": False,
+        **options,
+    }
+    shards = parse_shards(settings.shards)
+    if shards is None:
+        return discord.Client(**kwargs)
+    return discord.AutoShardedClient(**kwargs, **shards)
+
+
+def invite_url(application_id: int) -> str:
+    return discord.utils.oauth_url(application_id, permissions=PERMISSIONS, scopes=SCOPES)

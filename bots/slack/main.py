@@ -1,0 +1,106 @@
+"""``parley slack``: run the Slack app, or print its manifest.
+
+Socket Mode when ``SLACK_APP_TOKEN`` is set, otherwise HTTP on ``/slack/events``
+(and ``/healthz``) on ``PORT``. ``parley run`` starts it when :func:`configured`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bots.slack.app import SlackFront
+from bots.slack.config import SlackSettings, api_url, check_tokens
+from bots.slack.manifest import EVENTS_PATH, manifest
+from core.config import Settings
+from core.errors import UsageError
+from core.services import Services
+
+log = logging.getLogger("parley.slack")
+
+
+def configured() -> bool:
+    """Whether a Slack bot token is set (``parley run`` then starts Slack)."""
+    return SlackSettings().bot_token is not None
+
+
+async def serve(
+    services: Services, settings: SlackSettings | None = None, *, port: int | None = None
+) -> None:
+    """Run until cancelled: Socket Mode with an app token, else HTTP."""
+    settings = settings or SlackSettings()
+    bot, app_token, secret = check_tokens(settings, http=True)
+    client = AsyncWebClient(token=bot, base_url=api_url(settings), timeout=30)
+    front = SlackFront(services, client, signing_secret=None if app_token else secret)
+    await front.start()
+    try:
+        if app_token:
+            from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+            handler = AsyncSocketModeHandler(
+                front.app, app_token, web_client=AsyncWebClient(base_url=api_url(settings))
+            )
+            await handler.connect_async()
+            log.info("Slack: connected in Socket Mode")
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await handler.close_async()
+        else:
+            runner = web.AppRunner(front.web_app())
+            await runner.setup()
+            site = web.TCPSite(runner, "0.0.0.0", port or settings.port)
+            await site.start()
+            log.info("Slack: listening on :%d%s", port or settings.port, EVENTS_PATH)
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await runner.cleanup()
+    finally:
+        await front.shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="parley slack", description="Run the Slack app, or print its manifest.")
+    p.add_argument("what", nargs="?", choices=["serve", "manifest"], default="serve")
+    p.add_argument("--port", type=int, help="HTTP mode port (default: PORT or 3000)")
+    p.add_argument("--request-url", help="manifest: the public https URL of /slack/events (HTTP mode)")
+    p.add_argument("--socket-mode", action="store_true", help="manifest: Socket Mode (no public URL needed)")
+    args = p.parse_args(list(argv or []))
+    if args.what == "manifest":
+        if not args.socket_mode and not args.request_url:
+            args.socket_mode = True
+        print(
+            json.dumps(
+                manifest(socket_mode=args.socket_mode, request_url=args.request_url),
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
+        return 0
+    slack = SlackSettings()
+    check_tokens(slack, http=True)
+    settings = Settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def go() -> None:
+        from core.services import build_services
+
+        async with build_services(settings) as services:
+            await serve(services, slack, port=args.port)
+
+    try:
+        asyncio.run(go())
+    except KeyboardInterrupt:
+        pass
+    except UsageError as e:
+        print(f"parley: {e.message}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,243 @@
+"""Platform write budgets shared by every renderer writing to the same place.
+
+A :class:`TokenBucket` is a rate with a burst; a :class:`WindowBudget` is an
+"N calls per sliding window" limit (Slack's tiers, Discord's per-channel
+buckets) with a reserve for messages still waiting for their final text.
+Waiters are served by priority (:func:`rank`): finals and rollovers before
+progress updates, the message shown longest ago first.
+
+Both take an injectable ``clock`` (seconds, monotonic) so that their
+arithmetic can be tested without wall-clock bounds; the grant loop still
+sleeps on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import heapq
+import itertools
+import math
+import time
+from collections.abc import Callable
+
+
+class TokenBucket:
+    """An async token bucket with prioritised waiters (lower priority value first).
+
+    Shared by every renderer that writes through the same platform budget (a
+    Slack method per workspace, a Discord channel). ``rate`` may be ``inf``.
+    """
+
+    def __init__(
+        self, rate: float, burst: float = 1.0, name: str = "", *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.clock = clock
+        self.rate = rate
+        self.capacity = max(1.0, burst)
+        self.tokens = self.capacity
+        self.name = name
+        self.updated = self.clock()
+        self.paused_until = 0.0
+        self.granted = 0
+        self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+        self._timer: asyncio.Task[None] | None = None
+
+    def _refill(self, now: float) -> None:
+        if math.isinf(self.rate):
+            self.tokens = self.capacity
+        else:
+            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def _try_take(self, priority: float = 1.0) -> bool:
+        now = self.clock()
+        if now < self.paused_until:
+            return False
+        self._refill(now)
+        if self.tokens >= 1:
+            self.tokens -= 1
+            self.granted += 1
+            return True
+        return False
+
+    def available(self) -> bool:
+        """Whether a token could be granted right now without waiting (does not take it)."""
+        now = self.clock()
+        if now < self.paused_until or self._waiters:
+            return False
+        self._refill(now)
+        return self.tokens >= 1
+
+    def try_acquire(self, priority: float = 1.0) -> bool:
+        """Take a grant now if one is free and nobody is waiting; never waits."""
+        return not self._waiters and self._try_take(priority)
+
+    def wait_time(self, priority: float = 1.0) -> float:
+        """Seconds until a request of this priority could be granted (0: now)."""
+        now = self.clock()
+        if now < self.paused_until:  # after a 429 the bucket restarts empty at the pause's end
+            return self.paused_until - now + self._refill_wait(self.paused_until, priority)
+        self._refill(now)
+        return 0.0 if self.tokens >= 1 else self._refill_wait(now, priority)
+
+    async def acquire(self, priority: float = 1.0) -> None:
+        if not self._waiters and self._try_take(priority):
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (priority, next(self._seq), fut))
+        if self._timer is None or self._timer.done():
+            self._timer = asyncio.create_task(self._grant_loop())
+        await fut
+
+    async def _grant_loop(self) -> None:
+        while self._waiters:
+            while self._waiters and self._waiters[0][2].done():
+                heapq.heappop(self._waiters)  # cancelled waiter
+            if not self._waiters:
+                break
+            if self._try_take(self._waiters[0][0]):
+                heapq.heappop(self._waiters)[2].set_result(None)
+                continue
+            await asyncio.sleep(max(self.wait_time(self._waiters[0][0]), 0.001))
+
+    def _refill_wait(self, now: float, priority: float) -> float:
+        """Seconds until the next token could exist (pauses aside)."""
+        return (1 - self.tokens) / self.rate if self.rate else 1.0
+
+    def claim(self, n: int = 1) -> None:
+        """``n`` more messages will need a final operation from this bucket (negative: released).
+        A plain bucket keeps no reserve; :class:`WindowBudget` does."""
+
+    def pause(self, seconds: float) -> None:
+        """After a 429: nothing is granted for ``seconds``, and the bucket restarts empty."""
+        self.paused_until = max(self.paused_until, self.clock() + seconds)
+        self.tokens = 0.0
+        self.updated = self.paused_until
+
+
+class WindowBudget(TokenBucket):
+    """At most ``limit`` grants in any sliding ``window`` seconds.
+
+    This is how "N calls per minute" limits behave when a platform allows bursts
+    (Slack's tiers): the whole allowance is usable at once, and each call frees
+    its slot ``window`` seconds later. A token bucket that must never exceed the
+    same limit has to keep its burst small, and then sits idle while work waits.
+
+    Non-urgent requests (priority ≥ 1: intermediate edits) leave room in the
+    window for the urgent ones still to come (priority < 1: final texts,
+    rollovers): ``claims`` counts the messages that will need a final operation
+    from this budget, and progress updates only spend slots beyond those (at
+    most an eighth of the window is held back this way). They
+    also draw on a credit that refills at the sustained rate (one per
+    ``window / limit`` seconds) and holds at most half the window: a lone reply
+    gets the burst and stays fresh, while many concurrent replies are paced
+    instead of spending the whole window in their first seconds and leaving the
+    finals to queue behind it. Urgent work may use the whole window at once.
+
+    A slot is held ``latency`` seconds (default 5% of the window) beyond the
+    window because the platform counts a call when it arrives, a little after
+    it was granted here.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        window: float,
+        *,
+        latency: float | None = None,
+        paced: bool = True,
+        name: str = "",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(limit / window, limit, name=name, clock=clock)
+        self.limit = limit
+        self.window = window + (0.05 * window if latency is None else latency)
+        self.claims = 0
+        self.reserve_cap = limit // 8  # none on a small window: every slot counts there
+        self.stamps: collections.deque[float] = collections.deque()
+        self.pace = self.window / limit if paced else 0.0
+        self.credit_cap = max(1.0, limit // 2)
+        self.credit = self.credit_cap
+        self.credit_at = self.clock()
+
+    @property
+    def reserve(self) -> int:
+        # Capped: slots held for finals that are not ready yet are capacity nobody
+        # uses, and new messages (progress too) would starve behind them.
+        return min(self.claims, self.reserve_cap)
+
+    def claim(self, n: int = 1) -> None:
+        """``n`` more messages will need a final operation from this budget (negative: released)."""
+        self.claims = max(0, self.claims + n)
+
+    def _free(self, now: float) -> int:
+        while self.stamps and self.stamps[0] <= now - self.window:
+            self.stamps.popleft()
+        return self.limit - len(self.stamps)
+
+    def _credit(self, now: float) -> float:
+        if self.pace:
+            self.credit = min(self.credit_cap, self.credit + (now - self.credit_at) / self.pace)
+        self.credit_at = now
+        return self.credit if self.pace else math.inf
+
+    def _try_take(self, priority: float = 1.0) -> bool:
+        now = self.clock()
+        if now < self.paused_until:
+            return False
+        progress = priority >= 1
+        if progress and self._credit(now) < 1:
+            return False
+        if self._free(now) >= 1 + (self.reserve if progress else 0):
+            self.stamps.append(now)
+            self.granted += 1
+            if progress and self.pace:
+                self.credit -= 1
+            return True
+        return False
+
+    def available(self) -> bool:
+        now = self.clock()
+        return (
+            now >= self.paused_until
+            and not self._waiters
+            and self._credit(now) >= 1
+            and self._free(now) >= 1 + self.reserve
+        )
+
+    def _refill_wait(self, now: float, priority: float) -> float:
+        progress = priority >= 1
+        short = 1 + (self.reserve if progress else 0) - self._free(now)
+        if short <= 0:
+            wait = 0.0
+        elif short <= len(self.stamps):
+            wait = self.stamps[short - 1] + self.window - now
+        else:
+            # More messages await their finals than the window holds: no progress
+            # update fits until some finish; look again a slot's time later.
+            wait = self.window / self.limit
+        if progress and self.pace:
+            wait = max(wait, (1 - self._credit(now)) * self.pace)
+        return wait
+
+    def wait_time(self, priority: float = 1.0) -> float:
+        now = self.clock()
+        return max(self.paused_until - now, self._refill_wait(now, priority), 0.0)
+
+    def pause(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, self.clock() + seconds)
+
+
+UNLIMITED_RATE = math.inf
+_EPOCH = time.monotonic()
+
+
+def rank(urgent: bool, last_flush: float) -> float:
+    """A waiter's priority: finals and rollovers (< 1) before progress updates (≥ 1),
+    and within each, the message shown longest ago first (a message never shown
+    first of all). Notices sit at 0.5. The age term stays below 0.4 (for about
+    nine months of process life; FIFO after that) so the classes never mix."""
+    age = min(0.4, max(0.0, last_flush - _EPOCH) / 6e7) if last_flush else 0.0
+    return (0.0 if urgent else 1.0) + age

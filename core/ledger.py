@@ -1,0 +1,145 @@
+"""The post ledger: which platform messages of a discussion are still open.
+
+Driven by the renderer, for every sink alike. For each open message it keeps
+
+- the row in the store's ``posts`` table (what the message shows, how to find
+  it), so that a restart can edit it to say it was interrupted instead of
+  leaving it hanging (:func:`recover`);
+- its budget claim: a message still streaming will need a final operation, so
+  a slot is reserved for it in the bucket that will pay for that
+  (:meth:`core.sink.Sink.final_budget`), and released when the final is sent
+  or the message is closed.
+
+Bookkeeping never causes a platform write: every store call here is guarded,
+so a failed write is logged and the message stays posted exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from core.budget import TokenBucket
+from core.errors import redact
+
+if TYPE_CHECKING:
+    from core.sink import Frame, Sink
+    from core.store import Store
+
+log = logging.getLogger("parley.ledger")
+
+
+@dataclass(slots=True)
+class Entry:
+    """One open platform message."""
+
+    post_id: int | None = None
+    claim: TokenBucket | None = None
+    open: bool = True
+    record: str | None = None  # how recovery finds the message, as last stored
+
+
+class Ledger:
+    """The open messages of one discussion on one sink."""
+
+    def __init__(self, store: Store | None, discussion_id: str | None, sink: Sink) -> None:
+        self.store = store if discussion_id is not None else None
+        self.discussion_id = discussion_id or ""
+        self.sink = sink
+        self.failures = 0
+
+    # --- store writes, never raising --------------------------------------------------------
+    def _guard(self, what: str, fn: Callable[[Store], Any]) -> Any:
+        if self.store is None:
+            return None
+        try:
+            return fn(self.store)
+        except Exception as e:
+            self.failures += 1
+            log.warning("could not record %s (the message itself is fine): %s", what, redact(repr(e)))
+            return None
+
+    def thread(self, destination: str, ref: dict[str, Any]) -> Entry:
+        """The thread a discussion lives in: a restart leaves a note there."""
+        post_id = self._guard(
+            "the thread",
+            lambda store: store.record_post(
+                self.discussion_id, None, self.sink.front_end, destination, json.dumps({**ref, "kind": "thread"})
+            ),
+        )
+        return Entry(post_id)
+
+    # --- driven by the renderer ---------------------------------------------------------------
+    def opened(self, turn_id: str, ref: Any, frame: Frame) -> Entry:
+        """A message was posted showing ``frame``."""
+        entry = Entry()
+        record = self.sink.record(ref)
+        if record is not None:
+            entry.record = json.dumps(record)
+            entry.post_id = self._guard(
+                "a new message",
+                lambda store: store.record_post(
+                    self.discussion_id, turn_id, self.sink.front_end, self.sink.destination, entry.record or ""
+                ),
+            )
+        self.wrote(entry, ref, frame)
+        return entry
+
+    def settling(self, entry: Entry | None) -> None:
+        """The final operation on a message was granted its budget: its claim is spent."""
+        if entry is not None:
+            self._release(entry)
+
+    def wrote(self, entry: Entry, ref: Any, frame: Frame) -> None:
+        """An operation showing ``frame`` succeeded."""
+        if frame.state != "streaming":
+            self.close(entry)
+            return
+        want = self.sink.final_budget(ref)
+        if entry.claim is not want:  # a Slack stream that became a posted message moves its claim
+            self._release(entry)
+            entry.claim = want
+            want.claim(1)
+        if entry.post_id is not None:
+            post_id, shown = entry.post_id, self.sink.shown(ref)
+            record = json.dumps(self.sink.record(ref))
+            if record != entry.record:  # e.g. a Slack stream that became a posted message
+                entry.record = record
+                self._guard("how to find a message", lambda store: store.update_post_ref(post_id, record))
+            self._guard("what a message shows", lambda store: store.update_post_text(post_id, shown))
+
+    def close(self, entry: Entry | None) -> None:
+        """The message is finished, or can no longer be written: nothing to recover."""
+        if entry is None or not entry.open:
+            return
+        entry.open = False
+        self._release(entry)
+        if entry.post_id is not None:
+            post_id = entry.post_id
+            self._guard("a finished message", lambda store: store.close_posts([post_id]))
+
+    @staticmethod
+    def _release(entry: Entry) -> None:
+        if entry.claim is not None:
+            entry.claim.claim(-1)
+            entry.claim = None
+
+
+async def recover(
+    store: Store, front_end: str, mark: Callable[[dict[str, Any], str], Awaitable[None]]
+) -> int:
+    """At start-up: edit every message a previous process of ``front_end`` left open to say
+    it was interrupted (``mark(ref, shown_text)``), and close it. Returns how many were marked."""
+    store.mark_interrupted([front_end])
+    n = 0
+    for post in store.open_posts(front_end):
+        try:
+            await mark(json.loads(post["ref"]), post.get("text") or "")
+            n += 1
+        except Exception as e:  # keep going: one deleted message must not block the rest
+            log.warning("could not mark post %s interrupted: %s", post["id"], redact(str(e)))
+        store.close_posts([post["id"]])
+    return n
