@@ -276,6 +276,20 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
 
 async def run_all() -> dict[str, Any]:
+    # Leave the process as it was found: later benchmarks in the same run must not
+    # inherit this one's config file (deleted with tmp) or its CPU pinning.
+    env = dict(os.environ)
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    try:
+        return await _run_all()
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+
+
+async def _run_all() -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, fake_server() as base_url:
         if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
             os.sched_setaffinity(0, {0})  # Parley on one core, the fake server on the other
