@@ -241,7 +241,7 @@ def bench_console_render() -> dict[str, Any]:
         frames = 60
         t0 = time.perf_counter()
         for _ in range(frames):
-            console.print(view.render(height=50))
+            console.print(view.render())
         per = (time.perf_counter() - t0) / frames * 1000
         out[str(n)] = {"ms_per_frame": round(per, 2), "cpu_share_at_12fps": round(per * 12 / 1000, 3)}
     return out

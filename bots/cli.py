@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -54,12 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
+    cmd = args.cmd or "console"
     if extra and hasattr(args, "text"):
         # Words after a flag (`ask hello --json world`) still belong to the question.
         args.text += [w for w in extra if w != "--"]
+    elif extra and cmd in FRONT_ENDS:
+        args.args = [*extra, *args.args]  # `parley slack --port 3000`: the front-end's own options
     elif extra:
         build_parser().parse_args(argv)  # reports the unknown arguments and exits 2
-    cmd = args.cmd or "console"
     try:
         if cmd in FRONT_ENDS:
             return _front_end(cmd, getattr(args, "args", []))
@@ -73,6 +76,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nparley: stopped.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `parley providers | head`: the reader left
+        _quiet_stdout()
+        return 1
+
+
+def _quiet_stdout() -> None:
+    """The reader of stdout went away: send the rest (and the exit-time flush) nowhere,
+    as the Python docs advise for SIGPIPE, instead of printing a traceback."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def load_front_end(name: str, attr: str = "main") -> Any:
@@ -100,8 +113,10 @@ async def _run(cmd: str, args: argparse.Namespace) -> int:
     spec = COMMANDS[cmd]
     request = None
     if spec.takes_prompt:
-        request = parse(cmd, " ".join(args.text), max_prompt_chars=settings.max_prompt_chars)
+        request = parse(cmd, " ".join(args.text), max_prompt_chars=settings.max_prompt_chars,
+                        max_turns=settings.max_turns)
     async with build_services(settings) as services:
+        services.store.mark_interrupted(["cli"])  # runs of `parley` processes that died (kill -9)
         if request is None:
             answer = await info.answer(services, cmd, check=getattr(args, "check", False))
             if getattr(args, "json", False):
@@ -111,9 +126,14 @@ async def _run(cmd: str, args: argparse.Namespace) -> int:
                 print(plain(answer.doc))
             return 0
         events = services.engine.run(request, conversation=args.conversation, front_end="cli")
-        if args.json:
-            return await print_json_events(events)
-        return await print_plain(events, stream_single=request.mode == "single")
+        try:
+            if args.json:
+                return await print_json_events(events)
+            return await print_plain(events, stream_single=request.mode == "single")
+        except BrokenPipeError:  # `parley ask … | head`: stop the discussion, record it as interrupted
+            await events.aclose()
+            _quiet_stdout()
+            return 1
 
 
 def entry() -> None:

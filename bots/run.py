@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Sequence
 
 from bots.cli import load_front_end
 from core.config import Settings
+from core.errors import UsageError
 from core.services import build_services
 
 #: The long-running chat front-ends, in start order.
@@ -30,12 +32,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def serve_all() -> None:
-        async with build_services(settings) as services:
-            await asyncio.gather(*(serve(services) for serve in serves.values()))
+        async with build_services(settings) as services, asyncio.TaskGroup() as group:
+            # If one front-end fails (a rejected token at start-up), the others stop too.
+            for serve in serves.values():
+                group.create_task(serve(services))
 
     print(f"parley: starting {' and '.join(chat)} (Ctrl-C to stop)")
     try:
         asyncio.run(serve_all())
     except KeyboardInterrupt:
         return 0
+    except ExceptionGroup as group:
+        usage, other = group.split(UsageError)
+        if other is not None or usage is None:
+            raise
+        for e in usage.exceptions:
+            print(f"parley: {e}", file=sys.stderr)
+        return 2
     return 0

@@ -16,6 +16,7 @@ from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.commands import DEFAULT_MAX_PROMPT_CHARS, DEFAULT_MAX_TURNS
 from core.errors import register_secret
 
 
@@ -57,17 +58,30 @@ class Settings(EnvSettings):
     fallback_provider: str | None = Field(None, validation_alias=_env("PARLEY_FALLBACK_PROVIDER"))
     moderator: str | None = Field(None, validation_alias=_env("PARLEY_MODERATOR"))
 
-    max_turns: int = Field(12, validation_alias=_env("PARLEY_MAX_TURNS"))
-    max_prompt_chars: int = Field(8000, validation_alias=_env("PARLEY_MAX_PROMPT_CHARS"))
+    max_turns: int = Field(DEFAULT_MAX_TURNS, validation_alias=_env("PARLEY_MAX_TURNS"))
+    max_prompt_chars: int = Field(DEFAULT_MAX_PROMPT_CHARS, validation_alias=_env("PARLEY_MAX_PROMPT_CHARS"))
     max_rounds: int = Field(3, validation_alias=_env("PARLEY_MAX_ROUNDS"))
     max_tokens: int = Field(1024, validation_alias=_env("PARLEY_MAX_TOKENS"))
+    #: Discussions running at once in one chat workspace / for one person there (0: no limit).
+    max_running_per_workspace: int = Field(20, validation_alias=_env("PARLEY_MAX_RUNNING_PER_WORKSPACE"))
+    max_running_per_user: int = Field(3, validation_alias=_env("PARLEY_MAX_RUNNING_PER_USER"))
 
     connect_timeout: float = Field(10.0, validation_alias=_env("PARLEY_CONNECT_TIMEOUT"))
     read_timeout: float = Field(120.0, validation_alias=_env("PARLEY_READ_TIMEOUT"))
+    #: Deadlines of every turn, across all its retries (core/turn.py): to the first token
+    #: (keep-alives and pings do not count), between tokens, and overall.
+    first_token_timeout: float = Field(60.0, gt=0, validation_alias=_env("PARLEY_FIRST_TOKEN_TIMEOUT"))
+    idle_timeout: float = Field(60.0, gt=0, validation_alias=_env("PARLEY_IDLE_TIMEOUT"))
+    turn_timeout: float = Field(600.0, gt=0, validation_alias=_env("PARLEY_TURN_TIMEOUT"))
+    #: The longest answer kept from one turn, in characters; the turn ends there.
+    max_answer_chars: int = Field(100_000, gt=0, validation_alias=_env("PARLEY_MAX_ANSWER_CHARS"))
     retry_attempts: int = Field(3, validation_alias=_env("PARLEY_RETRY_ATTEMPTS"))
     retry_base_delay: float = Field(0.5, validation_alias=_env("PARLEY_RETRY_BASE_DELAY"))
     health_ttl: float = Field(30.0, validation_alias=_env("PARLEY_HEALTH_TTL"))
     cooldown: float = Field(600.0, validation_alias=_env("PARLEY_COOLDOWN"))
+    #: A process whose heartbeat is older than this is gone: its running discussions
+    #: are marked interrupted by the next process that starts.
+    lease_seconds: float = Field(30.0, validation_alias=_env("PARLEY_LEASE_SECONDS"))
 
     env_file_path: Path = Field(Path(".env"), exclude=True)
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 import random
 import re
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -153,7 +154,7 @@ def synthesis_prompt(
     )
 
 
-async def consensus(turns: TurnRunner, run: Run, panel: Sequence[Panelist]) -> AsyncIterator[Event]:
+async def consensus(turns: TurnRunner, run: Run, panel: Sequence[Panelist]) -> AsyncGenerator[Event, None]:
     request = run.request
     question = request.prompt
     nonce = secrets.token_hex(4)
@@ -161,8 +162,9 @@ async def consensus(turns: TurnRunner, run: Run, panel: Sequence[Panelist]) -> A
 
     yield StageStarted("answer", 0, "Stage 1 · Independent answers")
     first: dict[str, TurnFinished | TurnFailed] = {}
-    async for ev in turns.stage(run, [turns.first(run, p) for p in panel], first):
-        yield ev
+    async with aclosing(turns.stage(run, [turns.first(run, p) for p in panel], first)) as stream:
+        async for ev in stream:
+            yield ev
     current = {k: r.text for k, r in first.items() if isinstance(r, TurnFinished) and r.text.strip()}
     alive = [p for p in panel if p.key in current]
     if len(alive) < 2:
@@ -202,8 +204,9 @@ async def consensus(turns: TurnRunner, run: Run, panel: Sequence[Panelist]) -> A
                 )
             )
         results: dict[str, TurnFinished | TurnFailed] = {}
-        async for ev in turns.stage(run, specs, results):
-            yield ev
+        async with aclosing(turns.stage(run, specs, results)) as stream:
+            async for ev in stream:
+                yield ev
         ballots = []
         for key, res in results.items():
             if not isinstance(res, TurnFinished):
@@ -230,8 +233,9 @@ async def consensus(turns: TurnRunner, run: Run, panel: Sequence[Panelist]) -> A
                                           "reading the panel's final positions"),
     )
     synth: dict[str, TurnFinished | TurnFailed] = {}
-    async for ev in turns.stage(run, [spec], synth):
-        yield ev
+    async with aclosing(turns.stage(run, [spec], synth)) as stream:
+        async for ev in stream:
+            yield ev
     result = synth.get(spec.panelist.key)
     if isinstance(result, TurnFailed):
         run.message = (

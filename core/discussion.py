@@ -9,7 +9,8 @@ once) and ``consensus`` (:mod:`core.consensus`), all on the same turn runner
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 from core.commands import Request
@@ -60,6 +61,7 @@ class Engine:
         if request.mode is None:
             raise UsageError(f"/{request.command} is not a discussion.")
         panel = self.panel(request)
+        await self.store.settled()  # earlier turns of this conversation are in before history is read
         did = self.store.start_discussion(
             mode=request.mode,
             command=request.command,
@@ -73,15 +75,20 @@ class Engine:
         yield DiscussionStarted(did, request.mode, request.prompt, [p.title for p in panel])
         finished = False
         try:
+            # aclosing: when the reader stops (cancelled, or closed this stream), the inner
+            # streams close now, and their turns record that they were interrupted.
             if request.mode == "consensus":
-                async for ev in consensus(self.turns, run, panel):
-                    yield ev
-            else:
-                async for ev in merge([self.turns.turn(run, self.turns.first(run, p)) for p in panel]):
-                    yield ev
-                if request.mode == "single":
-                    async for ev in self.fallback(run, panel[0]):
+                async with aclosing(consensus(self.turns, run, panel)) as stream:
+                    async for ev in stream:
                         yield ev
+            else:
+                async with aclosing(merge([self.turns.turn(run, self.turns.first(run, p)) for p in panel])) as stream:
+                    async for ev in stream:
+                        yield ev
+                if request.mode == "single":
+                    async with aclosing(self.fallback(run, panel[0])) as stream:
+                        async for ev in stream:
+                            yield ev
             final = summary(run)
             self.store.finish_discussion(did, final.status, final.total.cost_usd, final.message)
             finished = True
@@ -92,22 +99,32 @@ class Engine:
                     did, "interrupted", run.cost, "The discussion was stopped before it finished."
                 )
 
-    async def fallback(self, run: Run, panelist: Panelist) -> AsyncIterator[Event]:
-        """``ask`` only: an unavailable provider hands over to PARLEY_FALLBACK_PROVIDER."""
+    async def fallback(self, run: Run, panelist: Panelist) -> AsyncGenerator[Event, None]:
+        """``ask`` only: a provider that is unavailable, unreachable or timed out before any
+        text hands over to PARLEY_FALLBACK_PROVIDER; the new turn's note says why."""
         last = run.results[-1] if run.results else None
         name = self.settings.fallback_provider
         if not (isinstance(last, TurnFailed) and name and not last.text):
             return
-        if last.error.kind not in {*map(str, UNAVAILABLE), str(ErrorKind.NOT_CONFIGURED)}:
+        why = FALLBACK_REASONS.get(last.error.kind)
+        if why is None:
             return
         spec, model = self.registry.resolve(name)
         if spec.id == panelist.provider.id:
             return
         alt = Panelist(panelist.persona, spec, model)
         ts = self.turns.first(run, alt)
-        ts.note = f"Falling back to {spec.id} because {panelist.provider.id} is unavailable: {last.error.message}"
+        ts.note = f"Falling back to {spec.id} because {panelist.provider.id} {why}: {last.error.message}"
         async for ev in self.turns.turn(run, ts):
             yield ev
+
+
+#: Failures (before any text) that PARLEY_FALLBACK_PROVIDER covers, and how the note says them.
+FALLBACK_REASONS = {
+    **{str(kind): "is unavailable" for kind in (*UNAVAILABLE, ErrorKind.NOT_CONFIGURED)},
+    str(ErrorKind.UNREACHABLE): "could not be reached",
+    str(ErrorKind.TIMEOUT): "did not answer in time",
+}
 
 
 def summary(run: Run) -> DiscussionFinished:

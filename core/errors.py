@@ -34,6 +34,9 @@ class ErrorKind(StrEnum):
     TIMEOUT = "timeout"
     UNREACHABLE = "unreachable"
     TRUNCATED = "truncated"
+    #: The stream completed but held no answer text (reasoning only, max_tokens, or a
+    #: server that ended it early, like llama-server interrupted by another request).
+    EMPTY = "empty"
     NOT_CONFIGURED = "not_configured"
     USAGE = "usage"
     INTERRUPTED = "interrupted"
@@ -70,6 +73,11 @@ class ParleyError(Exception):
     @property
     def retryable(self) -> bool:
         return self.kind in RETRYABLE
+
+    def noted(self, note: str) -> ParleyError:
+        """The same error with ``note`` appended to its message."""
+        return ParleyError(self.kind, f"{self.message} {note}", provider=self.provider,
+                           retry_after=self.retry_after, status=self.status)
 
     def info(self) -> ErrorInfo:
         return ErrorInfo(str(self.kind), self.message, self.provider or None)
@@ -137,8 +145,26 @@ QUOTA_CODES = frozenset(
     }
 )
 OVERLOAD_CODES = frozenset(
-    {"engine_overloaded_error", "overloaded_error", "server_overloaded", "api_error"}
+    {"engine_overloaded_error", "overloaded_error", "server_overloaded", "api_error", "server_error",
+     "internal_error", "internal_server_error", "service_unavailable", "unavailable", "overloaded"}
 )
+RATE_CODES = frozenset(
+    {"rate_limit_exceeded", "rate_limit_reached_error", "rate_limit_error", "too_many_requests"}
+)
+AUTH_CODES = frozenset({"authentication_error", "invalid_authentication_error", "invalid_api_key"})
+FORBIDDEN_CODES = frozenset(
+    {"permission_error", "permission_denied", "unsupported_country_region_territory", "request_forbidden"}
+)
+#: In-stream error types that blame the request; any other in-stream error is the server failing.
+INVALID_CODES = frozenset({"invalid_request_error", "invalid_request", "bad_request", "invalid_argument",
+                           "not_found_error", "model_not_found"})
+# Anthropic answers 400 invalid_request_error "Your credit balance is too low ...".
+_QUOTA_WORDS = re.compile(
+    r"credit balance|insufficient (?:balance|credits?|funds|quota)|out of credits|purchase credits"
+    r"|exceeded your current quota",
+    re.I,
+)
+_REGION_WORDS = re.compile(r"\b(?:country|countries|region|territory|location)\b", re.I)
 CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
 _CONTEXT_WORDS = re.compile(
     r"context[_ ]length|context window|maximum context|too many tokens|prompt is too long"
@@ -210,63 +236,86 @@ def classify(
     body: str | bytes | Mapping[str, Any] | None,
     headers: Mapping[str, str] | None = None,
     model: str | None = None,
+    key_fix: str | None = None,
+    url_setting: str | None = None,
 ) -> ParleyError:
-    """Turn a vendor error (HTTP status and/or body) into a ParleyError."""
+    """Turn a vendor error (HTTP status and/or body) into a ParleyError.
+
+    ``status`` is None for an error object inside a 200 event stream: its type says
+    what it is. ``key_fix`` replaces "Check KEY_ENV." and ``url_setting`` names what
+    sets the base URL (both name the config file and table for a config provider).
+    """
     ident, detail = parse_error_body(body)
+    ident = ident.lower()
     detail = redact(detail)[:300]
     retry_after = retry_after_seconds(headers or {})
     said = f" ({label} said: {detail})" if detail else ""
     where = f"{label} (provider '{provider}')"
+    via = f"HTTP {status}" if status is not None else "an error in the stream after HTTP 200"
 
     def err(kind: ErrorKind, msg: str) -> ParleyError:
         return ParleyError(kind, msg, provider=provider, retry_after=retry_after, status=status)
 
-    if ident in QUOTA_CODES or status == 402:
+    if ident in QUOTA_CODES or status == 402 or (
+        status in (None, 400, 403, 429) and _QUOTA_WORDS.search(detail)
+    ):
         return err(
             ErrorKind.QUOTA_EXHAUSTED,
             f"{where} says the account's quota or balance is exhausted{said}. Top up or raise the "
             f"limit in the vendor's console, or pick another provider with provider:NAME.",
         )
-    if status in (401, 403) or ident in ("authentication_error", "invalid_authentication_error",
-                                         "invalid_api_key", "permission_error"):
-        fix = f"Check {key_env}." if key_env else "Check the provider's credentials."
-        msg = f"{where} rejected the API key (HTTP {status or 401}){said}. {fix}"
+    if status == 403 or ident in FORBIDDEN_CODES:
+        if ident == "unsupported_country_region_territory" or _REGION_WORDS.search(detail):
+            fix = f", or the vendor's endpoint for your region ({url_setting})" if url_setting else ""
+            msg = (f"{where} refused access from this country or region ({via}){said}; the key itself "
+                   f"was not rejected. Use another provider{fix}.")
+        else:
+            msg = (f"{where} accepted the key but refused access ({via}): it has no permission for "
+                   f"model '{model}' or this endpoint{said}. Enable the model for the key's project "
+                   f"or organisation in the vendor's console, or pick another model with model:NAME.")
+        return err(ErrorKind.AUTH, msg)
+    if status == 401 or ident in AUTH_CODES:
+        fix = key_fix or (f"Check {key_env}." if key_env else "Check the provider's credentials.")
+        msg = f"{where} rejected the API key ({via}){said}. {fix}"
         if auth_hint:
             msg += " " + auth_hint
         return err(ErrorKind.AUTH, msg)
     if ident in CONTEXT_CODES or status == 413 or (
-        status in (400, 422) and _CONTEXT_WORDS.search(detail)
+        status in (None, 400, 422) and _CONTEXT_WORDS.search(detail)
     ):
         return err(
             ErrorKind.CONTEXT_TOO_LONG,
             f"The prompt and history are too long for {model or 'the model'} at {where}{said}. "
             f"Shorten the question, start a new thread, or choose a model with a larger window.",
         )
-    if ident in OVERLOAD_CODES or status in (500, 502, 503, 504, 529):
+    rate = status == 429 or ident in RATE_CODES
+    if ident in OVERLOAD_CODES or not rate and (
+        status in (500, 502, 503, 504, 529) or (status is None and ident not in INVALID_CODES)
+    ):
         return err(
             ErrorKind.OVERLOADED,
-            f"{where} is overloaded or failing (HTTP {status}){said}. Try again shortly or use "
+            f"{where} is overloaded or failing ({via}){said}. Try again shortly or use "
             f"another provider.",
         )
-    if status == 429 or ident in ("rate_limit_exceeded", "rate_limit_reached_error",
-                                  "rate_limit_error"):
+    if rate:
         wait = f" Retry after {retry_after:.0f}s." if retry_after else ""
         return err(
             ErrorKind.RATE_LIMITED,
-            f"{where} is rate limiting requests{said}.{wait} Slow down or raise the tier.",
+            f"{where} is rate limiting requests ({via}){said}.{wait} Slow down or raise the tier.",
         )
     if status == 408:
         return err(ErrorKind.TIMEOUT, f"{where} timed out (HTTP 408){said}. Try again.")
     if status == 409:
         return err(ErrorKind.OVERLOADED, f"{where} reported a conflict (HTTP 409){said}.")
     if status == 404:
+        url = url_setting or "the provider's base URL"
         return err(
             ErrorKind.BAD_REQUEST,
             f"{where} does not know model '{model}' or the endpoint (HTTP 404){said}. Check "
-            f"model:NAME, the provider's base URL, or update the model list in PARLEY_CONFIG.",
+            f"model:NAME, {url}, or update the model list in PARLEY_CONFIG.",
         )
     return err(
         ErrorKind.BAD_REQUEST,
-        f"{where} rejected the request (HTTP {status}){said}. This is usually an unsupported "
+        f"{where} rejected the request ({via}){said}. This is usually an unsupported "
         f"model or parameter; check model:NAME and temperature:VALUE.",
     )

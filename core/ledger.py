@@ -16,8 +16,10 @@ so a failed write is logged and the message stays posted exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -40,12 +42,21 @@ class Entry:
     claim: TokenBucket | None = None
     open: bool = True
     record: str | None = None  # how recovery finds the message, as last stored
+    saved_at: float = 0.0  # when what it shows was last stored
+    timer: asyncio.TimerHandle | None = None  # a pending save of what it shows
 
 
 class Ledger:
-    """The open messages of one discussion on one sink."""
+    """The open messages of one discussion on one sink.
 
-    def __init__(self, store: Store | None, discussion_id: str | None, sink: Sink) -> None:
+    What a streaming message shows is stored at most every ``save_every`` seconds
+    (and once more when it stops changing), not at every edit.
+    """
+
+    def __init__(
+        self, store: Store | None, discussion_id: str | None, sink: Sink, *, save_every: float = 2.0
+    ) -> None:
+        self.save_every = save_every
         self.store = store if discussion_id is not None else None
         self.discussion_id = discussion_id or ""
         self.sink = sink
@@ -104,18 +115,38 @@ class Ledger:
             entry.claim = want
             want.claim(1)
         if entry.post_id is not None:
-            post_id, shown = entry.post_id, self.sink.shown(ref)
+            post_id = entry.post_id
             record = json.dumps(self.sink.record(ref))
             if record != entry.record:  # e.g. a Slack stream that became a posted message
                 entry.record = record
                 self._guard("how to find a message", lambda store: store.update_post_ref(post_id, record))
-            self._guard("what a message shows", lambda store: store.update_post_text(post_id, shown))
+            self._save_later(entry, ref)
+
+    def _save_later(self, entry: Entry, ref: Any) -> None:
+        if entry.timer is not None:
+            return  # a save is due; it will store the latest text
+        wait = entry.saved_at + self.save_every - time.monotonic()
+        if wait <= 0:
+            self._save(entry, ref)
+        else:
+            entry.timer = asyncio.get_running_loop().call_later(wait, self._save, entry, ref)
+
+    def _save(self, entry: Entry, ref: Any) -> None:
+        entry.timer = None
+        if not entry.open or entry.post_id is None:
+            return
+        entry.saved_at = time.monotonic()
+        post_id, shown = entry.post_id, self.sink.shown(ref)
+        self._guard("what a message shows", lambda store: store.update_post_text(post_id, shown))
 
     def close(self, entry: Entry | None) -> None:
         """The message is finished, or can no longer be written: nothing to recover."""
         if entry is None or not entry.open:
             return
         entry.open = False
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
         self._release(entry)
         if entry.post_id is not None:
             post_id = entry.post_id
@@ -136,6 +167,10 @@ async def recover(
     store.mark_interrupted([front_end])
     n = 0
     for post in store.open_posts(front_end):
+        if post.pop("discussion_status", None) not in ("running", "interrupted", None):
+            # The discussion ended; only closing its bookkeeping was cut short.
+            store.close_posts([post["id"]])
+            continue
         try:
             await mark(json.loads(post["ref"]), post.get("text") or "")
             n += 1

@@ -109,3 +109,22 @@ def m004_post_text_and_meta(db: sqlite_utils.Database) -> None:
     # Small facts a front-end keeps across restarts (e.g. the hash of the command
     # table last synced to Discord, so commands sync only when they changed).
     db.table("meta").create({"key": str, "value": str, "updated_at": str}, pk="key")
+
+
+@migration
+def m005_instances(db: sqlite_utils.Database) -> None:
+    # Every process that opens the store, with a heartbeat; each discussion records
+    # which one owns it, so that recovery touches only runs whose owner is gone.
+    db.table("instances").create(
+        {"id": str, "host": str, "pid": int, "started_at": str, "heartbeat": float}, pk="id"
+    )
+    db.table("discussions").add_column("owner", str)
+    db.table("discussions").create_index(["status", "front_end"])
+    db.table("posts").create_index(["discussion_id"])
+
+
+@migration
+def m006_health_fingerprint(db: sqlite_utils.Database) -> None:
+    # A pause belongs to one configuration of a provider: a short hash of its base URL
+    # and key (never the key), so that fixing either is tried at once.
+    db.table("provider_health").add_column("fingerprint", str)

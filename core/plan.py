@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -99,19 +98,19 @@ class Planner:
         self.settings = settings
 
     def panel(self, request: Request) -> list[Panelist]:
-        """The cross product of the requested personas and providers (validated)."""
-        personas = [self.personas.get(p) for p in request.personas] or [NEUTRAL]
-        out: list[Panelist] = []
-        for persona in personas:
-            choices: Sequence[str | None] = request.providers or [persona.provider]
-            for choice in choices:
-                model = request.model or (persona.model if not request.providers else None)
-                spec, m = self.registry.resolve(choice, model)
-                out.append(Panelist(persona, spec, m))
-        unique = list({p.key: p for p in reversed(out)}.values())[::-1]
+        """The cross product of the requested personas and providers (validated).
+
+        Each distinct name is resolved once and the panel is counted before it is built,
+        so however long the lists, the work is bounded by the personas and models that exist.
+        """
+        personas = list({p.id: p for p in map(self.personas.get, dict.fromkeys(request.personas))}.values())
+        personas = personas or [NEUTRAL]
+        resolved = (self.registry.resolve(c, request.model) for c in dict.fromkeys(request.providers))
+        choices = {(spec.id, m.id): (spec, m) for spec, m in resolved}
+        count = len(personas) * max(1, len(choices))
         limit = self.settings.max_turns
         if request.mode == "consensus":
-            if len(unique) < 2:
+            if count < 2:
                 raise UsageError(
                     "/consensus needs at least two panelists: name several personas "
                     "(personas:riley,morgan) and/or providers (providers:openai,kimi)."
@@ -122,19 +121,27 @@ class Planner:
                     f"rounds:{rounds} is more than the limit of {self.settings.max_rounds} "
                     f"(PARLEY_MAX_ROUNDS)."
                 )
-            self.moderator(request.moderator, unique[0])  # unknown moderator: fail now
-            turns = len(unique) * (1 + rounds) + 1
+            turns = count * (1 + rounds) + 1
             if turns > limit * 3:
                 raise UsageError(
                     f"That consensus would run {turns} turns; the limit is {limit * 3}. Use fewer "
                     f"panelists or rounds (PARLEY_MAX_TURNS)."
                 )
-        elif len(unique) > limit:
+        elif count > limit:
             raise UsageError(
-                f"That is {len(unique)} turns ({len(personas)} personas × providers); the limit is "
-                f"{limit} (PARLEY_MAX_TURNS). Name fewer personas or providers."
+                f"That is {count} turns ({len(personas)} personas × {max(1, len(choices))} providers); the "
+                f"limit is {limit} (PARLEY_MAX_TURNS). Name fewer personas or providers."
             )
-        return unique
+        panel: list[Panelist] = []
+        for persona in personas:
+            if choices:
+                panel += [Panelist(persona, spec, m) for spec, m in choices.values()]
+            else:
+                panel.append(Panelist(persona, *self.registry.resolve(persona.provider,
+                                                                     request.model or persona.model)))
+        if request.mode == "consensus":
+            self.moderator(request.moderator, panel[0])  # unknown moderator: fail now
+        return panel
 
     def moderator(self, choice: str | None, fallback: Panelist) -> Panelist:
         """``moderator:`` (or PARLEY_MODERATOR) names a persona id or a provider[/model]."""

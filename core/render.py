@@ -91,7 +91,9 @@ class Renderer:
     ``ledger`` records the open messages (without one, nothing is stored and
     claims are still kept). ``on_visible(turn_id, n_chars, t)`` (optional) is
     called whenever the first ``n_chars`` of a turn became visible on the
-    platform: benchmarks use it to measure freshness.
+    platform: benchmarks use it to measure freshness. When the rendering task is
+    cancelled, unfinished turns say they were interrupted for at most ``grace``
+    seconds; the messages still open after that stay in the ledger for recovery.
     """
 
     def __init__(
@@ -102,8 +104,10 @@ class Renderer:
         on_visible: Callable[[str, int, float], None] | None = None,
         max_op_retries: int = 5,
         give_up_after: float = 300.0,
+        grace: float = 3.0,
     ) -> None:
         self.sink = sink
+        self.grace = grace
         self.ledger = ledger or Ledger(None, None, sink)
         self.views: dict[str, _View] = {}
         self.on_visible = on_visible
@@ -133,8 +137,15 @@ class Renderer:
                     await self._notice(ev)
                 elif isinstance(ev, DiscussionFinished):
                     last = ev
-        finally:
+        except asyncio.CancelledError:
+            # Stopped (shutdown, or the person cancelled): say so where it is cheap, but
+            # never hold the shutdown for budget. What stays open, restart recovery marks.
+            await self.stop()
+            raise
+        except BaseException:
             await self.drain()
+            raise
+        await self.drain()
         if last is not None:
             await self._notice(last)
         return last
@@ -179,6 +190,17 @@ class Renderer:
         tasks = [v.task for v in self.views.values() if v.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Like :meth:`drain`, but give up after ``grace`` seconds (``self.grace``)."""
+        for view in list(self.views.values()):
+            if view.final is None:
+                self.fail(view.turn.turn_id, "", "Interrupted: Parley stopped before the answer was complete.")
+        tasks = [v.task for v in self.views.values() if v.task is not None and not v.task.done()]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=self.grace if grace is None else grace)
+            if late:
+                await self.abort()
 
     async def abort(self) -> None:
         for v in self.views.values():

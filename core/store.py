@@ -1,14 +1,23 @@
-"""The only module that touches SQLite.
+"""The only door to SQLite.
 
-Writes happen at turn boundaries (start, finish), never per streamed delta, so
-the synchronous sqlite-utils calls stay far off the hot path. WAL mode lets the
-CLI read usage while a bot writes.
+Writes go to one writer thread (:mod:`core.dbwriter`) in order and return at
+once, so nothing on the event loop waits for the database lock; reads run on
+the caller's connection and first wait for this process's own queued writes
+(read-your-writes). WAL mode lets other processes read while one writes.
+
+Every process that opens the store is an *instance* with a heartbeat; each
+discussion records its owner. Restart recovery touches only discussions (and
+their open platform messages) whose owner is gone: its heartbeat is older than
+the lease, or its process no longer exists on this host. Several processes can
+share one database without stopping each other's live work.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
+import os
+import secrets
+import socket
 import time
 import uuid
 from collections.abc import Iterable
@@ -19,9 +28,13 @@ from typing import Any
 
 import sqlite_utils
 
+from core.dbwriter import Writer, connect
 from core.errors import ErrorKind, redact
 from core.events import ErrorInfo, TurnInfo, TurnUsage
 from core.migrations import MIGRATIONS
+
+HOST = socket.gethostname()
+INTERRUPTED = "Interrupted: Parley restarted while this discussion was running. Ask again to rerun it."
 
 
 def now_iso() -> str:
@@ -37,6 +50,7 @@ class HealthMark:
     status: str
     message: str
     until: float
+    fingerprint: str | None = None  # the configuration paused (core.providers.registry)
 
 
 @dataclass(slots=True)
@@ -56,37 +70,109 @@ class PastDiscussion:
     turns: list[PastTurn]
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Store:
-    def __init__(self, path: Path | str) -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(path), check_same_thread=False)
-        self.db = sqlite_utils.Database(conn)
-        if str(path) != ":memory:":
-            self.db.enable_wal()
-            # WAL + NORMAL: durable across application crashes, and no fsync per
-            # commit blocking the event loop at every turn boundary.
-            self.db.execute("PRAGMA synchronous = NORMAL")
-        self.db.execute("PRAGMA busy_timeout = 5000")
-        self.db.execute("PRAGMA foreign_keys = ON")
+    def __init__(self, path: Path | str, *, lease: float = 30.0) -> None:
+        if str(path) == ":memory:":
+            raise ValueError("the store needs a file (several connections share it)")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(path)
+        self.lease = lease
+        self._db = connect(path, busy_ms=5_000)
         self.migrate()
+        #: This process, as the owner of the discussions it starts.
+        self.instance_id = uuid.uuid4().hex[:16]
+        self.writer = Writer(path, tick=max(0.05, lease / 3), on_tick=self._beat)
+        now = time.time()
+        self.writer.call(
+            lambda db: db.table("instances").insert(
+                {"id": self.instance_id, "host": HOST, "pid": os.getpid(), "started_at": now_iso(), "heartbeat": now}
+            )
+        )
 
     # --- schema -------------------------------------------------------------
     def migrate(self) -> list[str]:
-        self.db.table("_migrations").create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
-        done = {r["name"] for r in self.db.table("_migrations").rows}
-        applied = []
-        for fn in MIGRATIONS:
-            if fn.__name__ in done:
-                continue
-            with self.db.conn:
-                fn(self.db)
-                self.db.table("_migrations").insert({"name": fn.__name__, "applied_at": now_iso()})
-            applied.append(fn.__name__)
+        """Apply what is missing, under one write lock: processes starting together on a
+        fresh database wait for one another instead of failing with "database is locked"."""
+        db = self._db
+        db.conn.execute("BEGIN IMMEDIATE")
+        conn = db.conn
+        try:
+            db.table("_migrations").create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
+            done = {r["name"] for r in db.table("_migrations").rows}
+            applied = []
+            for fn in MIGRATIONS:
+                if fn.__name__ in done:
+                    continue
+                fn(db)
+                db.table("_migrations").insert({"name": fn.__name__, "applied_at": now_iso()})
+                applied.append(fn.__name__)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         return applied
 
     def close(self) -> None:
-        self.db.conn.close()
+        """Finish queued writes, leave the instance table (this process's runs are no
+        longer owned by anyone alive) and close both connections."""
+        if self.writer._closed:
+            return
+        self.writer.submit(lambda db: db.execute("delete from instances where id = ?", [self.instance_id]))
+        self.writer.close()
+        self._db.conn.close()
+
+    # --- the write queue ------------------------------------------------------------
+    def _write(self, fn: Any) -> None:
+        self.writer.submit(fn)
+
+    def flush(self) -> None:
+        """Block until this process's queued writes are in the database."""
+        self.writer.flush()
+
+    async def settled(self) -> None:
+        """Wait (without blocking the loop) until this process's queued writes are in."""
+        await self.writer.settled()
+
+    def _read(self) -> sqlite_utils.Database:
+        self.writer.flush()
+        return self._db
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """The read connection, after this process's queued writes (for inspection and tests)."""
+        return self._read()
+
+    # --- instances: who owns what ------------------------------------------------------
+    def _beat(self, db: sqlite_utils.Database) -> None:
+        db.execute("update instances set heartbeat = ? where id = ?", [time.time(), self.instance_id])
+
+    def live_owners(self) -> set[str]:
+        """Instances whose heartbeat is fresh and whose process, on this host, still exists."""
+        cutoff = time.time() - self.lease
+        live = set()
+        for r in self._read().query("select id, host, pid, heartbeat from instances"):
+            if r["heartbeat"] is None or r["heartbeat"] < cutoff:
+                continue
+            if r["host"] == HOST and r["id"] != self.instance_id and not _pid_alive(int(r["pid"] or 0)):
+                continue
+            live.add(r["id"])
+        return live
+
+    def _orphans(self, where: str, args: list[Any]) -> list[str]:
+        """Running discussions matching ``where`` whose owner is gone."""
+        live = self.live_owners()
+        rows = self._read().query(f"select id, owner from discussions where status = 'running' and {where}", args)
+        return [r["id"] for r in rows if r["owner"] not in live]
 
     # --- discussions ----------------------------------------------------------
     def start_discussion(
@@ -101,69 +187,64 @@ class Store:
         discussion_id: str | None = None,
     ) -> str:
         did = discussion_id or new_id()
-        self.db.table("discussions").insert(
-            {
-                "id": did,
-                "conversation": conversation,
-                "mode": mode,
-                "command": command,
-                "prompt": prompt,
-                "options": json.dumps(options),
-                "status": "running",
-                "front_end": front_end,
-                "created_at": now_iso(),
-            }
-        )
+        row = {
+            "id": did,
+            "conversation": conversation,
+            "mode": mode,
+            "command": command,
+            "prompt": prompt,
+            "options": json.dumps(options),
+            "status": "running",
+            "front_end": front_end,
+            "owner": self.instance_id,
+            "created_at": now_iso(),
+        }
+        self._write(lambda db: db.table("discussions").insert(row))
         return did
 
     def finish_discussion(self, did: str, status: str, cost_usd: float, message: str | None = None) -> None:
-        self.db.table("discussions").update(
-            did,
-            {
-                "status": status,
-                "cost_usd": cost_usd,
-                "message": redact(message) if message else None,
-                "finished_at": now_iso(),
-            },
-        )
+        row = {
+            "status": status,
+            "cost_usd": cost_usd,
+            "message": redact(message) if message else None,
+            "finished_at": now_iso(),
+        }
+        self._write(lambda db: db.table("discussions").update(did, row))
 
     def discussion(self, did: str) -> dict[str, Any]:
-        return dict(self.db.table("discussions").get(did))
+        return dict(self._read().table("discussions").get(did))
 
     def mark_interrupted(self, front_ends: Iterable[str]) -> list[str]:
-        """At start-up of a front-end: its discussions still 'running' were cut off by a restart.
-
-        Scoped to the front-ends this process serves, so that starting the console
-        never touches a discussion a running Slack bot owns.
-        """
+        """At start-up of a front-end: its discussions still 'running' whose owner is gone
+        were cut off (a restart, a crash, kill -9). A discussion another live process
+        owns is never touched, whatever front-end it belongs to."""
         fe = list(front_ends)
-        marks = ",".join("?" * len(fe))
-        ids = [
-            r["id"]
-            for r in self.db.query(
-                f"select id from discussions where status='running' and front_end in ({marks})", fe
-            )
-        ]
+        if not fe:
+            return []
+        ids = self._orphans(f"front_end in ({','.join('?' * len(fe))})", fe)
         if not ids:
             return []
-        msg = "Interrupted: Parley restarted while this discussion was running. Ask again to rerun it."
         idm = ",".join("?" * len(ids))
-        with self.db.conn:
-            self.db.execute(
+        at = now_iso()
+
+        def mark(db: sqlite_utils.Database) -> None:
+            db.execute(
                 "update turns set status='failed', error_kind=?, error_message=?, finished_at=? "
                 f"where status='running' and discussion_id in ({idm})",
-                [str(ErrorKind.INTERRUPTED), msg, now_iso(), *ids],
+                [str(ErrorKind.INTERRUPTED), INTERRUPTED, at, *ids],
             )
-            self.db.execute(
-                f"update discussions set status='interrupted', message=?, finished_at=? where id in ({idm})",
-                [msg, now_iso(), *ids],
+            db.execute(
+                f"update discussions set status='interrupted', message=?, finished_at=? "
+                f"where status='running' and id in ({idm})",
+                [INTERRUPTED, at, *ids],
             )
+
+        self.writer.call(mark)
         return ids
 
     # --- turns ------------------------------------------------------------------
     def start_turn(self, did: str, seq: int, turn: TurnInfo, prompt: str) -> None:
-        self.db.table("turns").insert(
-            {
+        row = {
                 "id": turn.turn_id,
                 "discussion_id": did,
                 "seq": seq,
@@ -176,7 +257,7 @@ class Store:
                 "status": "running",
                 "started_at": now_iso(),
             }
-        )
+        self._write(lambda db: db.table("turns").insert(row))
 
     def finish_turn(
         self,
@@ -190,9 +271,7 @@ class Store:
         reasoning_chars: int = 0,
         error: ErrorInfo | None = None,
     ) -> None:
-        self.db.table("turns").update(
-            turn_id,
-            {
+        row = {
                 "status": status,
                 "text": text,
                 "reasoning_chars": reasoning_chars,
@@ -206,17 +285,18 @@ class Store:
                 "ttft_ms": ttft_ms,
                 "latency_ms": latency_ms,
                 "finished_at": now_iso(),
-            },
-        )
+            }
+        self._write(lambda db: db.table("turns").update(turn_id, row))
 
     def turns(self, did: str) -> list[dict[str, Any]]:
-        return list(self.db.table("turns").rows_where("discussion_id = ?", [did], order_by="seq"))
+        return list(self._read().table("turns").rows_where("discussion_id = ?", [did], order_by="seq"))
 
     # --- conversations (follow-ups) ---------------------------------------------
     def history(self, conversation: str, limit: int = 20) -> list[PastDiscussion]:
         """Earlier discussions of a conversation, oldest first, with their finished turns."""
+        db = self._read()
         rows = list(
-            self.db.query(
+            db.query(
                 "select id, mode, prompt from discussions where conversation = ? "
                 "order by created_at desc limit ?",
                 [conversation, limit],
@@ -226,7 +306,7 @@ class Store:
         for r in reversed(rows):
             turns = [
                 PastTurn(t["persona"], t["provider"], t["model"], t["stage"], t["text"] or "")
-                for t in self.db.query(
+                for t in db.query(
                     "select persona, provider, model, stage, text from turns "
                     "where discussion_id = ? and status = 'finished' order by seq",
                     [r["id"]],
@@ -238,7 +318,7 @@ class Store:
     # --- usage -----------------------------------------------------------------------
     def usage_summary(self) -> list[dict[str, Any]]:
         return list(
-            self.db.query(
+            self._read().query(
                 "select provider, model, count(*) as turns, "
                 "sum(status = 'failed') as failed, "
                 "coalesce(sum(input_tokens), 0) as input_tokens, "
@@ -251,66 +331,90 @@ class Store:
         )
 
     # --- provider health -----------------------------------------------------------
-    def set_health(self, provider: str, status: str, message: str, until: float) -> None:
-        self.db.table("provider_health").upsert(
-            {
-                "provider": provider,
-                "status": status,
-                "message": redact(message),
-                "until": until,
-                "updated_at": now_iso(),
-            },
-            pk="provider",
-        )
+    def set_health(
+        self, provider: str, status: str, message: str, until: float, fingerprint: str | None = None
+    ) -> None:
+        row = {
+            "provider": provider,
+            "status": status,
+            "message": redact(message),
+            "until": until,
+            "fingerprint": fingerprint,
+            "updated_at": now_iso(),
+        }
+        self._write(lambda db: db.table("provider_health").upsert(row, pk="provider"))
 
     def health_marks(self) -> dict[str, HealthMark]:
         now = time.time()
         return {
-            r["provider"]: HealthMark(r["status"], r["message"], r["until"])
-            for r in self.db.table("provider_health").rows_where("until > ?", [now])
+            r["provider"]: HealthMark(r["status"], r["message"], r["until"], r["fingerprint"])
+            for r in self._read().table("provider_health").rows_where("until > ?", [now])
         }
 
     def clear_health(self, provider: str) -> None:
-        self.db.execute("delete from provider_health where provider = ?", [provider])
+        self._write(lambda db: db.execute("delete from provider_health where provider = ?", [provider]))
 
     # --- platform posts ----------------------------------------------------------------
     def record_post(
         self, discussion_id: str, turn_id: str | None, front_end: str, destination: str, ref: str
     ) -> int:
-        table = self.db.table("posts")
-        table.insert(
-            {
-                "discussion_id": discussion_id,
-                "turn_id": turn_id,
-                "front_end": front_end,
-                "destination": destination,
-                "ref": ref,
-                "open": 1,
-                "created_at": now_iso(),
-            }
-        )
-        return int(table.last_pk or 0)
+        """Remember an open platform message; returns its id at once (chosen here, so the
+        write can be queued)."""
+        post_id = secrets.randbits(62)
+        row = {
+            "id": post_id,
+            "discussion_id": discussion_id,
+            "turn_id": turn_id,
+            "front_end": front_end,
+            "destination": destination,
+            "ref": ref,
+            "open": 1,
+            "created_at": now_iso(),
+        }
+        self._write(lambda db: db.table("posts").insert(row))
+        return post_id
 
     def close_posts(self, ids: Iterable[int]) -> None:
         ids = list(ids)
         if ids:
-            self.db.execute(f"update posts set open = 0 where id in ({','.join('?' * len(ids))})", ids)
+            self._write(lambda db: db.execute(f"update posts set open = 0 where id in ({','.join('?' * len(ids))})", ids))
 
     def update_post_text(self, post_id: int, text: str) -> None:
         """Remember what an open platform message shows now (for the restart note)."""
-        self.db.execute("update posts set text = ? where id = ?", [redact(text), post_id])
+        shown = redact(text)
+        self._write(lambda db: db.execute("update posts set text = ? where id = ?", [shown, post_id]))
 
     def update_post_ref(self, post_id: int, ref: str) -> None:
         """How to find an open platform message changed (a stream became a plain message)."""
-        self.db.execute("update posts set ref = ? where id = ?", [ref, post_id])
+        self._write(lambda db: db.execute("update posts set ref = ? where id = ?", [ref, post_id]))
+
+    def posts(self, discussion_id: str, *, open_only: bool = True) -> list[dict[str, Any]]:
+        """The platform messages recorded for one discussion (open ones by default)."""
+        where = "discussion_id = ?" + (" and open = 1" if open_only else "")
+        return list(self._read().table("posts").rows_where(where, [discussion_id], order_by="created_at"))
 
     def open_posts(self, front_end: str) -> list[dict[str, Any]]:
-        return list(self.db.table("posts").rows_where("front_end = ? and open = 1", [front_end]))
+        """Open messages of ``front_end`` that nobody alive is writing: their discussion
+        is over, or its owner is gone (``discussion_status`` says which)."""
+        live = self.live_owners()
+        rows = self._read().query(
+            "select p.*, d.status as discussion_status, d.owner as owner from posts p "
+            "left join discussions d on d.id = p.discussion_id where p.front_end = ? and p.open = 1",
+            [front_end],
+        )
+        out = []
+        for r in rows:
+            if r["discussion_status"] == "running" and r.pop("owner") in live:
+                continue
+            r.pop("owner", None)
+            out.append(r)
+        return out
 
     # --- small facts kept across restarts ------------------------------------------------
     def get_meta(self, key: str) -> str | None:
-        rows = list(self.db.query("select value from meta where key = ?", [key]))
+        rows = list(self._read().query("select value from meta where key = ?", [key]))
         return rows[0]["value"] if rows else None
 
     def set_meta(self, key: str, value: str) -> None:
-        self.db.table("meta").upsert({"key": key, "value": value, "updated_at": now_iso()}, pk="key")
+        row = {"key": key, "value": value, "updated_at": now_iso()}
+        self._write(lambda db: db.table("meta").upsert(row, pk="key"))

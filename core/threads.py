@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from core.commands import Request
+from core.config import Settings
 from core.errors import ParleyError, UsageError, redact
 from core.events import DiscussionStarted, Event
 from core.ledger import Ledger
@@ -23,6 +25,74 @@ from core.services import Services
 from core.sink import Sink
 
 log = logging.getLogger("parley.threads")
+
+
+class Admission:
+    """How many discussions may run at once per workspace (Slack workspace, Discord
+    server) and per person in it; a limit of 0 or less means no limit.
+
+    A front-end calls :meth:`enter` before it acknowledges a discussion (it is a
+    dictionary lookup) and shows the UsageError's sentence privately if refused;
+    otherwise it releases the returned :class:`Ticket` when the discussion ends,
+    however it ends. Counts that fall to zero are forgotten.
+    """
+
+    def __init__(self, per_workspace: int, per_user: int) -> None:
+        self.per_workspace = per_workspace
+        self.per_user = per_user
+        self.workspaces: dict[str, int] = {}
+        self.users: dict[tuple[str, str], int] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Admission:
+        return cls(settings.max_running_per_workspace, settings.max_running_per_user)
+
+    def enter(self, workspace: str, user: str) -> Ticket:
+        """A ticket for one more discussion, or UsageError (busy: try again later)."""
+        mine = self.users.get((workspace, user), 0)
+        if 0 < self.per_user <= mine:
+            raise UsageError(
+                f"You already have {mine} discussions running. Try again when one of them finishes "
+                f"(at most {self.per_user} per person: PARLEY_MAX_RUNNING_PER_USER)."
+            )
+        here = self.workspaces.get(workspace, 0)
+        if 0 < self.per_workspace <= here:
+            raise UsageError(
+                f"Parley is busy: {here} discussions are running here. Try again in a minute "
+                f"(at most {self.per_workspace} at once: PARLEY_MAX_RUNNING_PER_WORKSPACE)."
+            )
+        self.users[(workspace, user)] = mine + 1
+        self.workspaces[workspace] = here + 1
+        return Ticket(self, workspace, user)
+
+    @property
+    def running(self) -> int:
+        return sum(self.workspaces.values())
+
+    def _leave(self, workspace: str, user: str) -> None:
+        _decrement(self.users, (workspace, user))
+        _decrement(self.workspaces, workspace)
+
+
+def _decrement(counts: dict[Any, int], key: Any) -> None:
+    n = counts.pop(key, 0) - 1
+    if n > 0:
+        counts[key] = n
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One admitted discussion; :meth:`release` it when the discussion ends (idempotent)."""
+
+    admission: Admission
+    workspace: str
+    user: str
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.admission._leave(self.workspace, self.user)
 
 
 class Requests:
@@ -60,11 +130,17 @@ class Requests:
             while self.tasks:
                 await asyncio.gather(*list(self.tasks), return_exceptions=True)
 
-    async def shutdown(self) -> None:
-        for t in list(self.tasks):
+    async def shutdown(self, within: float = 10.0) -> None:
+        """Cancel every request and wait for them, at most ``within`` seconds: each
+        renderer says "interrupted" where it can within its grace; what is still open
+        after that, the next start's recovery marks."""
+        tasks = list(self.tasks)
+        for t in tasks:
             t.cancel()
-        if self.tasks:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=within)
+            if late:
+                log.warning("%d request(s) did not stop within %.0fs; leaving them", len(late), within)
 
 
 async def discuss_in_thread(

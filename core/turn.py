@@ -6,6 +6,15 @@ token, timing, usage and cost, storage) and yields ``TurnStarted``,
 ``TextDelta``…, then ``TurnFinished`` or ``TurnFailed``. :func:`merge`
 interleaves concurrent turns so that a slow or failing provider never delays
 the others.
+
+Every turn ends in bounded time with the truth. Its deadlines are enforced
+here, once for every wire, around the whole retried stream: the first token
+within PARLEY_FIRST_TOKEN_TIMEOUT of the start (keep-alives and pings yield no
+chunk, so they never count), each next one within PARLEY_IDLE_TIMEOUT, all of
+it within PARLEY_TURN_TIMEOUT (:class:`_Clock`: one lazily re-armed timer per
+turn, which interrupts only the wait for a chunk, never a slow reader of the
+turn's events). An answer past PARLEY_MAX_ANSWER_CHARS is cut
+there, and a completed stream without text is a failure of kind ``empty``.
 """
 
 from __future__ import annotations
@@ -13,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,13 +31,26 @@ from core.errors import ErrorKind, ParleyError
 from core.events import Event, TextDelta, TurnFailed, TurnFinished, TurnInfo, TurnStarted
 from core.history import History
 from core.plan import Panelist, Planner, Run, TurnSpec
-from core.providers.base import ChatRequest, Message, ReasoningChunk, TextChunk, Usage, UsageChunk
-from core.providers.retry import RetryPolicy, stream_with_retries
+from core.providers.base import (
+    ChatRequest,
+    Chunk,
+    FinishChunk,
+    Message,
+    ReasoningChunk,
+    TextChunk,
+    Usage,
+    UsageChunk,
+)
+from core.providers.retry import RetryPolicy, given_up, stream_with_retries
 from core.usage import turn_usage
 
 if TYPE_CHECKING:
+    from core.config import Settings
     from core.providers.registry import Registry
+    from core.providers.spec import ProviderSpec
     from core.store import Store
+
+FIRST, IDLE, TOTAL = "PARLEY_FIRST_TOKEN_TIMEOUT", "PARLEY_IDLE_TIMEOUT", "PARLEY_TURN_TIMEOUT"
 
 
 @dataclass(slots=True)
@@ -39,6 +62,78 @@ class _Progress:
     parts: list[str] = field(default_factory=list)
     reasoning: int = 0
     usage: Usage | None = None
+    chars: int = 0
+    finish: str | None = None
+
+
+class _Clock:
+    """A turn's deadlines, shared by all its attempts, and the one timer that enforces them.
+
+    A token only moves a float (:attr:`last`); the timer, when it rings early,
+    re-arms itself at the deadline now in force, so the hot path creates no timer
+    per chunk. It cancels the turn's task only while :meth:`wait` awaits a chunk
+    (never while a reader of the turn's events runs), and :meth:`wait` turns that
+    cancellation into the deadline's error, as ``asyncio.timeout`` does.
+    """
+
+    def __init__(self, settings: Settings, late: Callable[[str], ParleyError]) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.settings = settings
+        self.late = late
+        self.start = self.loop.time()
+        self.last: float | None = None  # when the last token (text or reasoning) arrived
+        self._waiting: asyncio.Task[object] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._rang = False
+
+    def next(self) -> tuple[float, str]:
+        """When the deadline in force falls, and the setting that puts it there."""
+        s = self.settings
+        cap = self.start + s.turn_timeout
+        if self.last is None:
+            at, name = self.start + s.first_token_timeout, FIRST
+        else:
+            at, name = self.last + s.idle_timeout, IDLE
+        return (at, name) if at < cap else (cap, TOTAL)
+
+    def remaining(self) -> float:
+        return self.next()[0] - self.loop.time()
+
+    def _ring(self) -> None:
+        self._timer = None
+        at = self.next()[0]
+        if self.loop.time() < at:
+            self._timer = self.loop.call_at(at, self._ring)  # a token moved the deadline
+        elif self._waiting is not None:
+            self._rang = True
+            self._waiting.cancel()
+        # else: due while the reader runs; wait() sees it before its next await
+
+    async def wait(self, stream: AsyncIterator[Chunk]) -> Chunk | None:
+        """The next chunk, None at the end; raises the deadline's error when one passes."""
+        now = self.loop.time()
+        if self.last is not None:
+            self.last = now  # idle time is the provider's silence, not the time a reader took
+        at, setting = self.next()
+        if now >= at:
+            raise self.late(setting)
+        if self._timer is None:
+            self._timer = self.loop.call_at(at, self._ring)
+        task = self._waiting = asyncio.current_task()
+        try:
+            return await anext(stream)
+        except StopAsyncIteration:
+            return None
+        except asyncio.CancelledError:
+            if self._rang and task is not None and task.uncancel() == 0:
+                raise self.late(self.next()[1]) from None
+            raise
+        finally:
+            self._waiting = None
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 class TurnRunner:
@@ -47,7 +142,7 @@ class TurnRunner:
         self.store = store
         self.planner = planner
         self.history = history
-        settings = planner.settings
+        self.settings = settings = planner.settings
         self.retry = RetryPolicy(attempts=settings.retry_attempts, base_delay=settings.retry_base_delay)
 
     def first(self, run: Run, panelist: Panelist) -> TurnSpec:
@@ -55,7 +150,7 @@ class TurnRunner:
         budget = self.history.budget(panelist, run.request)
         return TurnSpec(panelist, run.request.prompt, self.history.messages(run, panelist, budget))
 
-    async def turn(self, run: Run, spec: TurnSpec) -> AsyncIterator[Event]:
+    async def turn(self, run: Run, spec: TurnSpec) -> AsyncGenerator[Event, None]:
         pan = spec.panelist
         request = run.request
         info = self.planner.info(pan, spec.stage, spec.round)
@@ -73,24 +168,50 @@ class TurnRunner:
         prompt_text = (chat.system or "") + "".join(m.content for m in chat.messages)
         got = _Progress()
         error: ParleyError | None = None
+        called = False  # a refusal before any call (paused, not configured) is not news for health
+        retried: list[ParleyError] = []
+        clock = _Clock(self.settings, lambda why: given_up(_late(pan.provider, why, self.settings, got), retried))
+        limit = self.settings.max_answer_chars
         try:
             blocked = self.registry.unavailable(pan.provider)
             if blocked:
                 raise blocked
             wire = self.registry.wire(pan.provider)
-            async for chunk in stream_with_retries(wire, chat, self.retry):
-                if type(chunk) is TextChunk:
-                    if got.ttft is None:
-                        got.ttft = (time.perf_counter() - got.t0) * 1000
-                    got.parts.append(chunk.text)
-                    yield TextDelta(info.turn_id, chunk.text)
-                elif type(chunk) is ReasoningChunk:
-                    got.reasoning += len(chunk.text)
-                elif type(chunk) is UsageChunk:
-                    got.usage = chunk.usage
+            called = True
+            stream = stream_with_retries(
+                wire, chat, self.retry, on_retry=lambda _n, e, _w: retried.append(e), remaining=clock.remaining
+            )
+            try:
+                while (chunk := await clock.wait(stream)) is not None:
+                    if type(chunk) is TextChunk:
+                        clock.last = clock.loop.time()
+                        if got.ttft is None:
+                            got.ttft = (time.perf_counter() - got.t0) * 1000
+                        text = chunk.text
+                        over = got.chars + len(text) > limit
+                        if over:
+                            text = text[: limit - got.chars]
+                        if text:
+                            got.parts.append(text)
+                            got.chars += len(text)
+                            yield TextDelta(info.turn_id, text)
+                        if over:
+                            raise _too_long(pan.provider, limit)
+                    elif type(chunk) is ReasoningChunk:
+                        clock.last = clock.loop.time()
+                        got.reasoning += len(chunk.text)
+                    elif type(chunk) is UsageChunk:
+                        got.usage = chunk.usage
+                    elif type(chunk) is FinishChunk:
+                        got.finish = chunk.reason
+            finally:
+                clock.close()
+                await stream.aclose()
+            if not "".join(got.parts).strip():
+                raise _empty(pan.provider, got, chat.max_tokens)
         except ParleyError as e:
             error = e
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):  # cancelled, or its reader closed the stream
             error = ParleyError(ErrorKind.INTERRUPTED, "The turn was cancelled before it finished.")
             self._finish(run, info, pan, prompt_text, got, error)
             raise
@@ -101,7 +222,7 @@ class TurnRunner:
                 f"{type(e).__name__}: {e}",
                 provider=pan.provider.id,
             )
-        if error is None or error.kind != ErrorKind.NOT_CONFIGURED:
+        if called:
             self.registry.report(pan.provider, error)
         yield self._finish(run, info, pan, prompt_text, got, error)
 
@@ -136,28 +257,77 @@ class TurnRunner:
 
     async def stage(
         self, run: Run, specs: Sequence[TurnSpec], done: dict[str, TurnFinished | TurnFailed] | None = None
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Run ``specs`` concurrently; record each result in ``done`` under its panelist key."""
 
-        async def tagged(spec: TurnSpec) -> AsyncIterator[Event]:
-            async for ev in self.turn(run, spec):
-                if done is not None and isinstance(ev, (TurnFinished, TurnFailed)):
-                    done[spec.panelist.key] = ev
+        async def tagged(spec: TurnSpec) -> AsyncGenerator[Event, None]:
+            async with aclosing(self.turn(run, spec)) as stream:
+                async for ev in stream:
+                    if done is not None and isinstance(ev, (TurnFinished, TurnFailed)):
+                        done[spec.panelist.key] = ev
+                    yield ev
+
+        async with aclosing(merge([tagged(s) for s in specs])) as stream:
+            async for ev in stream:
                 yield ev
 
-        async for ev in merge([tagged(s) for s in specs]):
-            yield ev
+
+def _late(spec: ProviderSpec, setting: str, settings: Settings, got: _Progress) -> ParleyError:
+    """A deadline passed: which one, what was kept, and the setting that moves it."""
+    if setting == FIRST:
+        what = f"sent no text within {settings.first_token_timeout:g}s ({FIRST}; keep-alives do not count)"
+    elif setting == IDLE:
+        what = f"stopped sending text for {settings.idle_timeout:g}s ({IDLE})"
+    else:
+        what = f"did not finish its answer within {settings.turn_timeout:g}s ({TOTAL})"
+    kept = " The text received so far is kept." if got.parts else ""
+    return ParleyError(
+        ErrorKind.TIMEOUT,
+        f"{spec.where} {what}.{kept} Try again, raise {setting} for slow models, or use "
+        f"another provider.",
+        provider=spec.id,
+    )
 
 
-async def merge(streams: Sequence[AsyncIterator[Event]]) -> AsyncIterator[Event]:
+def _too_long(spec: ProviderSpec, limit: int) -> ParleyError:
+    return ParleyError(
+        ErrorKind.TRUNCATED,
+        f"{spec.where} sent an answer longer than PARLEY_MAX_ANSWER_CHARS ({limit} characters); "
+        f"Parley stopped reading there and kept the first {limit}. Raise PARLEY_MAX_ANSWER_CHARS "
+        f"or ask for a shorter answer with max_tokens:N.",
+        provider=spec.id,
+    )
+
+
+def _empty(spec: ProviderSpec, got: _Progress, max_tokens: int) -> ParleyError:
+    """A stream that completed without answer text, explained from its finish reason."""
+    cut = got.finish in ("length", "max_tokens")
+    if cut and got.reasoning:
+        why = (f"spent all {max_tokens} output tokens on reasoning and wrote no text. Raise "
+               f"max_tokens:N (or PARLEY_MAX_TOKENS), or choose a model that reasons less")
+    elif cut:
+        why = (f"reached its {max_tokens}-token output limit before writing any text. Raise "
+               f"max_tokens:N (or PARLEY_MAX_TOKENS)")
+    elif got.reasoning:
+        why = (f"reasoned ({got.reasoning} characters) but wrote no text (finish reason: "
+               f"{got.finish or 'none'}). Try again or rephrase the question")
+    else:
+        why = (f"ended its answer with no text (finish reason: {got.finish or 'none'}). A server "
+               f"that serves one request at a time (llama.cpp's llama-server) does this when "
+               f"another request interrupts it: try again, or give it more slots (--parallel)")
+    return ParleyError(ErrorKind.EMPTY, f"{spec.where} {why}.", provider=spec.id)
+
+
+async def merge(streams: Sequence[AsyncGenerator[Event, None]]) -> AsyncGenerator[Event, None]:
     """Interleave several turn streams as their events arrive."""
     if len(streams) == 1:
-        async for ev in streams[0]:
-            yield ev
+        async with aclosing(streams[0]) as only:
+            async for ev in only:
+                yield ev
         return
     queue: asyncio.Queue[Event | None] = asyncio.Queue()
 
-    async def pump(s: AsyncIterator[Event]) -> None:
+    async def pump(s: AsyncGenerator[Event, None]) -> None:
         try:
             async for ev in s:
                 queue.put_nowait(ev)

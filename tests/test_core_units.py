@@ -65,6 +65,58 @@ def test_parse_line_umbrella_and_default() -> None:
         commands.parse_line("/compair Q")
 
 
+@pytest.mark.parametrize("space", ["\n", "\t", "\u00a0", "\r\n", " \n "])
+def test_options_end_at_any_whitespace(space: str) -> None:
+    """Shift-Enter in Slack (a newline), a tab or a non-breaking space ends an option like a space."""
+    r = commands.parse("ask", f"provider:kimi{space}temperature:0.3{space}First line\nSecond line")
+    assert r.providers == ["kimi"] and r.temperature == 0.3
+    assert r.prompt == "First line\nSecond line"  # the question keeps its own line breaks
+    r = commands.parse_line(f"/compare{space}providers:a,b{space}Q?\n\nMore")
+    assert (r.command, r.providers, r.prompt) == ("compare", ["a", "b"], "Q?\n\nMore")
+
+
+def test_lists_are_deduplicated_and_bounded_by_max_turns() -> None:
+    r = commands.parse("compare", "personas:riley,riley,morgan persona:riley providers:one,one Q")
+    assert r.personas == ["riley", "morgan"] and r.providers == ["one"]
+    assert commands.parse("ask", "provider:one,one Q").providers == ["one"]
+    many = ",".join(f"p{i}" for i in range(13))
+    with pytest.raises(UsageError, match=r"limit is 12 \(PARLEY_MAX_TURNS\)"):
+        commands.parse("compare", f"personas:{many} Q")
+    with pytest.raises(UsageError, match=r"limit is 12 \(PARLEY_MAX_TURNS\)"):
+        commands.parse("compare", "persona:a " * 13 + "Q")  # repeated options count together
+    assert len(commands.parse("compare", f"personas:{many} Q", max_turns=13).personas) == 13
+    # a consensus runs each panelist at least twice within three times the limit
+    assert len(commands.parse("consensus", f"personas:{many} Q").personas) == 13
+    with pytest.raises(UsageError, match="PARLEY_MAX_TURNS"):
+        commands.parse("consensus", "personas:" + ",".join(f"p{i}" for i in range(18)) + " Q")
+
+
+def test_text_that_is_not_unicode_is_refused_saying_where() -> None:
+    # What Python makes of a non-UTF-8 argv or a broken paste: a lone surrogate.
+    with pytest.raises(UsageError, match=r"not valid Unicode text.*character 14.*caf\\udce9") as e:
+        commands.parse_line("ask hello caf\udce9 ok")
+    e.value.message.encode("utf-8")  # the message itself can be printed and posted
+    with pytest.raises(UsageError, match="not valid Unicode"):
+        commands.parse("compare", "providers:one\ud800 Q")
+    with pytest.raises(UsageError, match="question is not valid Unicode"):
+        commands.build("ask", [], "Q \udfff")
+
+
+def test_values_are_checked_once_for_every_front_end() -> None:
+    r = commands.build("compare", [("providers", "one, two"), ("persona", "riley"), ("temperature", 0.5)], "Q")
+    assert (r.providers, r.personas, r.temperature, r.prompt) == (["one", "two"], ["riley"], 0.5, "Q")
+    with pytest.raises(UsageError, match="space"):
+        commands.build("compare", [("personas", "riley morgan")], "Q")
+    with pytest.raises(UsageError, match="space"):
+        commands.build("ask", [("model", "gpt 4")], "Q")
+    with pytest.raises(UsageError, match="at most 100 characters"):
+        commands.parse("ask", "persona:" + "x" * 5000 + " Q")
+    with pytest.raises(UsageError, match="not a whole number"):
+        commands.build("consensus", [("rounds", 1.5)], "Q")
+    with pytest.raises(UsageError, match="not a number"):
+        commands.build("ask", [("temperature", True)], "Q")
+
+
 # --- catalog ----------------------------------------------------------------------------------
 def test_catalog_ships_required_providers() -> None:
     cat = load_catalog()
@@ -280,3 +332,24 @@ def test_core_text_is_structure_and_plain_text_has_no_markup() -> None:
     help_plain = plain(help_doc())
     assert "/compare" in help_plain and "*" not in help_plain and "`" not in help_plain
 
+
+
+def test_env_example_documents_every_setting() -> None:
+    """One list per concept: every setting of core and of each front-end appears in .env.example."""
+    from pydantic import AliasChoices
+
+    from bots.discord.config import DiscordSettings
+    from bots.slack.config import SlackSettings
+    from core.config import Settings
+
+    text = (ROOT / ".env.example").read_text()
+    missing = []
+    for cls in (Settings, SlackSettings, DiscordSettings):
+        for name, field in cls.model_fields.items():
+            alias = field.validation_alias
+            if not isinstance(alias, AliasChoices):
+                continue
+            for env in alias.choices:
+                if not re.search(rf"^#?\s*{env}=", text, re.M):
+                    missing.append(f"{cls.__name__}.{name}: {env}")
+    assert not missing, "settings missing from .env.example:\n" + "\n".join(missing)

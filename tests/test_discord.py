@@ -9,7 +9,7 @@ import base64
 import json
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,8 @@ class Rig:
     guild_id: int
     channel_id: int
     user_id: int
+    #: Every discussion's renderer, as the front-end hands it to an observer (it keeps none itself).
+    renderers: list[Any] = field(default_factory=list)
 
     @property
     def parsers(self) -> dict[str, Any]:
@@ -184,6 +186,7 @@ async def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
         try:
             await front.login(token)
             rig = Rig(services, llm, api, client, front, guild, channel, snowflake())
+            front.on_renderer = rig.renderers.append
             rig.connect()
             yield rig
         finally:
@@ -360,6 +363,22 @@ async def test_mention_in_an_uncached_thread_is_still_a_follow_up(rig: Rig) -> N
     assert len(rig.turn_messages(thread_id)) == 2
 
 
+async def test_a_mention_keeps_its_line_breaks_and_options_end_at_a_newline(rig: Rig) -> None:
+    """Shift-Enter after the options: the option still counts, and the question keeps its lines."""
+    rig.llm.scenarios["two-m"] = Scenario(echo=True)
+    await rig.run(lambda: rig.mention("provider:two\nFirst line\nSecond line"))
+    [request] = rig.llm.requests_for("two-m")
+    assert request.body["messages"][-1]["content"] == "First line\nSecond line"
+
+
+async def test_a_mention_that_is_not_unicode_text_is_answered(rig: Rig) -> None:
+    """A lone surrogate used to crash the request task: the person heard nothing."""
+    await rig.run(lambda: rig.mention("compare providers:one,two caf\udce9?"))
+    reply = rig.api.channel_messages(rig.channel_id)[-1]
+    assert reply.author["bot"] and reply.content.startswith("⚠️") and "not valid Unicode text" in reply.content
+    assert not rig.thread_ids() and not rig.llm.requests
+
+
 async def test_bad_input_is_answered_with_the_fix(rig: Rig) -> None:
     await rig.run(lambda: rig.mention("/compair providers:one hi"))
     reply = rig.api.channel_messages(rig.channel_id)[-1]
@@ -406,8 +425,40 @@ async def test_a_429_loses_nothing(rig: Rig) -> None:
     [turn] = rig.turn_messages(thread_id)
     assert body(turn.content) == text
     assert rig.api.limited == 3
-    assert sum(r.rate_limited for r in rig.front.renderers) == 3  # seen by the renderer, not slept on
-    assert sum(r.lost_ops for r in rig.front.renderers) == 0
+    assert sum(r.rate_limited for r in rig.renderers) == 3  # seen by the renderer, not slept on
+    assert sum(r.lost_ops for r in rig.renderers) == 0
+
+
+async def test_a_429_within_a_long_summary_resumes_where_it_stopped(rig: Rig) -> None:
+    """A summary in several messages hit by a 429 on its second part: the renderer retries the
+    notice, and the sink sends only what had not gone out (no part appears twice)."""
+    from bots.discord.format import chunks, doc_to_markdown
+    from bots.discord.sink import DiscordSink
+    from core.events import DiscussionFinished, Totals, TurnSummary
+    from core.present import summary_doc
+    from core.render import Renderer
+
+    turns = [TurnSummary(f"t{i}", f"Panelist number {i} with a long label", "answer", 0, "one", "one-m", None,
+                         "finished", None, 100.0, 900.0, 1000 + i, 2000, 0.0012, False) for i in range(80)]
+    summary = DiscussionFinished("d1", "finished", turns, Totals(80, 0, 80_000, 160_000, 0.1, 9000.0))
+    parts = chunks(doc_to_markdown(summary_doc(summary)))
+    assert len(parts) >= 3
+    thread = snowflake()
+    rig.api.add_channel(thread, rig.guild_id)
+
+    def on_store(channel: int, message: int, content: str, t: float) -> None:
+        if channel == thread and content == parts[0] and not rig.api.rules:  # the next part meets a 429
+            rig.api.rate_limit("POST", rf"^/channels/{thread}/messages$", times=1, retry_after=0.05)
+
+    rig.api.on_store = on_store
+    renderer = Renderer(DiscordSink(rig.client, thread, rig.front.budgets))
+
+    async def events() -> AsyncIterator[DiscussionFinished]:
+        yield summary
+
+    await renderer.consume(events())
+    assert rig.api.limited == 1 and renderer.rate_limited == 1 and renderer.lost_ops == 0
+    assert [m.content for m in rig.api.channel_messages(thread)] == parts
 
 
 async def test_a_refused_write_counts_as_lost_not_delivered(rig: Rig) -> None:
@@ -420,7 +471,7 @@ async def test_a_refused_write_counts_as_lost_not_delivered(rig: Rig) -> None:
     [thread_id] = rig.thread_ids()
     writes = [(c.method, c.status) for c in rig.api.calls if c.path.startswith(f"/channels/{thread_id}/")]
     assert writes == [("POST", 403)]  # refused once; the turn's edits and the summary never tried
-    [renderer] = rig.front.renderers
+    [renderer] = rig.renderers
     assert renderer.ops == 0
     assert renderer.lost_ops == 2  # the turn and the summary
     told = [e["content"] for e in rig.api.original_edits]
@@ -463,9 +514,52 @@ async def test_a_failed_bookkeeping_write_never_posts_twice(
     # ... and the discussion still finished: the summary is posted and the discussion closed.
     assert "**Total**" in rig.api.channel_messages(thread_id)[-1].content
     assert rig.api.original_edits[-1]["content"] == f"🧵 Answering in <#{thread_id}>."
-    assert [r.lost_ops for r in rig.front.renderers] == [0]
+    assert [r.lost_ops for r in rig.renderers] == [0]
     [discussion] = store.db.table("discussions").rows
     assert discussion["status"] == "finished"
+
+
+async def test_channel_budgets_forget_idle_channels() -> None:
+    """A long-running bot writes in ever new threads: a bucket that holds no claim, has no
+    waiter, is not paused and spent nothing in the last window is dropped (a new one is the same)."""
+    import asyncio
+
+    now = [0.0]
+    budgets = ChannelBudgets(clock=lambda: now[0])
+    for channel in range(1, 501):
+        await budgets.channel(channel).acquire(0.0)
+    claimed, paused, busy = budgets.channel(1000), budgets.channel(1001), budgets.channel(1002)
+    claimed.claim(1)  # a message still streaming there will need its final edit
+    paused.pause(60.0)  # after a 429
+    for _ in range(budgets.limit):
+        await busy.acquire(0.0)
+    waiter = asyncio.ensure_future(busy.acquire(0.0))  # queued for the next slot
+    await asyncio.sleep(0)
+    recent = budgets.channel(1003)
+    now[0] += budgets.window * 2  # every slot above was spent more than a window ago
+    await recent.acquire(0.0)
+    fresh = budgets.channel(2000)
+    assert set(budgets.channels) == {1000, 1001, 1002, 1003, 2000}
+    assert (budgets.channel(1000), budgets.channel(1001), budgets.channel(1002)) == (claimed, paused, busy)
+    assert not waiter.done() and budgets.channels[2000] is fresh
+    waiter.cancel()
+    assert busy._timer is not None
+    busy._timer.cancel()
+
+
+async def test_the_front_end_keeps_no_finished_discussion(rig: Rig) -> None:
+    """Nothing of a finished discussion stays referenced by the front-end (memory in a long-running bot)."""
+    import gc
+
+    from core.render import Renderer
+
+    rig.llm.scenarios["one-m"] = Scenario(text="Done.")
+    for i in range(3):
+        await rig.run(lambda i=i: rig.interaction("ask", {"prompt": f"Question {i}?", "provider": "one"}))
+    assert len(rig.thread_ids()) == 3
+    rig.renderers.clear()  # the test's own observer
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, Renderer)]
 
 
 # --- commands ----------------------------------------------------------------------------------------
@@ -497,6 +591,19 @@ def test_interaction_options_go_through_the_shared_grammar() -> None:
         request_from("ask", [{"name": "prompt", "value": "q"}, {"name": "provider", "value": "one,two"}])
     with pytest.raises(UsageError, match="PARLEY_MAX_PROMPT_CHARS"):
         request_from("ask", [{"name": "prompt", "value": "x" * 9000}])
+
+
+def test_an_option_value_is_one_value() -> None:
+    """Values are never re-joined into text: a space inside an id is refused, not read as more options."""
+    with pytest.raises(UsageError, match="space"):
+        request_from("ask", [{"name": "prompt", "value": "Q?"}, {"name": "persona", "value": "riley provider:kimi"}])
+    with pytest.raises(UsageError, match="space"):  # was accepted, with "morgan" as the question
+        request_from("ask", [{"name": "persona", "value": "riley morgan"}])
+    with pytest.raises(UsageError, match="needs a question"):
+        request_from("ask", [{"name": "persona", "value": "riley"}])
+    req = request_from("compare", [{"name": "prompt", "value": " Line one\nproviders:two "},
+                                   {"name": "providers", "value": "one"}, {"name": "model", "value": " m-1 "}])
+    assert (req.providers, req.model, req.prompt) == (["one"], "m-1", "Line one\nproviders:two")
 
 
 async def test_autocomplete_lists_a_provider_from_the_user_config(rig: Rig) -> None:
@@ -556,6 +663,9 @@ async def test_restart_marks_open_messages_interrupted(rig: Rig) -> None:
     store.record_post(did, "t2", "discord", str(thread),
                       json.dumps({"kind": "message", "channel": thread, "message": unsaved.id}))
     store.record_post(did, None, "discord", str(thread), json.dumps({"kind": "thread", "channel": thread}))
+    store.flush()
+    with store.db.conn:  # the process that owned the discussion is gone
+        store.db.execute("update discussions set owner = 'a-dead-process' where id = ?", [did])
     assert await rig.front.recover() == 3
     assert saved.content == "`one/one-m`\nHalf an answer\n\n" + INTERRUPTED
     assert unsaved.content == "`two/two-m`\nAnother half\n\n" + INTERRUPTED  # fetched, as nothing was saved
@@ -638,3 +748,21 @@ async def test_no_secret_reaches_logs_messages_or_the_database(
     assert "/messages" in caplog.text  # the client libraries' request logs were captured
     for s in secrets_:
         assert s not in caplog.text and s not in shown and s.encode() not in stored
+
+
+async def test_discussions_are_capped_per_person_and_the_place_is_given_back(rig: Rig) -> None:
+    from core.threads import Admission
+
+    rig.front.admission = Admission(per_workspace=5, per_user=1)
+    held = rig.front.admit(rig.guild_id, rig.user_id)  # this person already has one running
+    await rig.run(lambda: rig.interaction("ask", {"prompt": "hi", "provider": "one"}))
+    resp = rig.api.interaction_responses[-1]
+    assert resp["type"] == 4 and resp["data"]["flags"] & 64
+    assert "Try again" in resp["data"]["content"] and "PARLEY_MAX_RUNNING_PER_USER" in resp["data"]["content"]
+    await rig.run(lambda: rig.mention("ask provider:one hi"))
+    assert "PARLEY_MAX_RUNNING_PER_USER" in rig.api.channel_messages(rig.channel_id)[-1].content
+    assert not rig.thread_ids()  # refused requests post nothing and start nothing
+    held.release()
+    await rig.run(lambda: rig.interaction("ask", {"prompt": "hi", "provider": "one"}))
+    assert len(rig.thread_ids()) == 1
+    assert rig.front.admission.running == 0  # the finished discussion gave its place back

@@ -310,13 +310,20 @@ async def test_cancelled_discussion_is_marked_interrupted(svc: Services, llm: Fa
 
 
 async def test_running_discussions_marked_interrupted_at_startup(svc: Services) -> None:
-    did = svc.store.start_discussion(mode="single", command="ask", prompt="q", options={},
-                                     conversation=None, front_end="console")
-    other = svc.store.start_discussion(mode="single", command="ask", prompt="q", options={},
-                                       conversation=None, front_end="slack")
+    from core.store import Store
+
+    def start(store: Store, front_end: str) -> str:
+        return store.start_discussion(mode="single", command="ask", prompt="q", options={},
+                                      conversation=None, front_end=front_end)
+
+    gone = Store(svc.settings.db)  # another process on the same database, since exited
+    did, other = start(gone, "console"), start(gone, "slack")
+    gone.close()
+    live = start(svc.store, "console")  # this process's own run, still going
     assert svc.store.mark_interrupted(["console"]) == [did]
     assert svc.store.discussion(did)["status"] == "interrupted"
     assert svc.store.discussion(other)["status"] == "running"  # another front-end's is untouched
+    assert svc.store.discussion(live)["status"] == "running"  # a live owner's run is never touched
 
 
 def _user(r) -> str:
@@ -327,3 +334,21 @@ async def test_concurrent_discussions_share_one_client(svc: Services, llm: FakeL
     llm.default = Scenario(text="hello world", chunk_delay=0.005)
     results = await asyncio.gather(*(run(svc, "compare", "providers:alpha,beta q") for _ in range(10)))
     assert all(r[-1].status == "finished" for r in results)
+
+
+async def test_a_slow_reader_is_neither_cancelled_nor_counted_as_provider_silence(
+    llm: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The idle deadline measures the provider's silence: a reader that takes longer than
+    PARLEY_IDLE_TIMEOUT over one event (a rate-limited chat post) fails nothing."""
+    monkeypatch.setenv("PARLEY_IDLE_TIMEOUT", "0.2")
+    monkeypatch.setenv("PARLEY_CONFIG", str(user_config(tmp_path, llm.base_url)))
+    monkeypatch.setenv("ALPHA_API_KEY", "test-key-alpha-0123456789")
+    llm.scenarios["alpha-1"] = Scenario(text="abcdefgh", chunk_chars=2)
+    async with build_services(Settings()) as services:
+        events = []
+        async for ev in services.engine.run(parse("ask", "provider:alpha hi")):
+            events.append(ev)
+            if isinstance(ev, TextDelta) and len(events) < 4:
+                await asyncio.sleep(0.5)  # must not be cancelled, and is not the provider's silence
+    assert isinstance(finals(events)[0], TurnFinished) and finals(events)[0].text == "abcdefgh"

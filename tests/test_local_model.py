@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -258,3 +260,104 @@ async def test_too_long_prompt_is_context_too_long(make_wire: Any) -> None:
     assert not wire._lock.locked()
     chunks = await _collect(wire, _request("Say hello.", max_tokens=4))
     assert isinstance(chunks[-1], FinishChunk)
+
+
+# --- loading never touches the process's stdout and stderr ------------------------------------
+
+#: Runs in a child process: loads the model in a worker thread (through the wire, as a turn
+#: does) while the event loop keeps writing numbered lines to sys.stdout and to fd 1.
+LOAD_WHILE_WRITING = r"""
+import asyncio, os, sys
+import httpx
+from core.providers.base import ChatRequest, Endpoint, Message
+from core.providers.catalog import load_catalog
+from core.providers.local import LlamaCppWire
+
+async def main():
+    spec = load_catalog().providers["local"]
+    async with httpx.AsyncClient() as http:
+        wire = LlamaCppWire(Endpoint(spec=spec, base_url="", key=None, http=http))
+        load = asyncio.ensure_future(wire._model(spec.models["smollm2-135m-instruct"]))
+        n = 0
+        while not load.done() or n < 20:
+            print(f"py {n}", flush=True)
+            os.write(1, f"fd {n}\n".encode())
+            n += 1
+            await asyncio.sleep(0.002)
+        await load
+        for question in ("Say hi.", "Say hi again."):  # generating is quiet too
+            request = ChatRequest(model=spec.models["smollm2-135m-instruct"], messages=[Message("user", question)],
+                                  max_tokens=4)
+            assert [c async for c in wire.stream(request)]
+        await wire.aclose()
+    print(f"wrote {n}", flush=True)
+
+asyncio.run(main())
+"""
+
+#: Two models (two wires) load at once, the second a moment after the first, a few times over;
+#: the child reports where fds 1 and 2 point before and after.
+TWO_LOADS = r"""
+import asyncio, json, os, sys
+import httpx
+from core.providers.base import Endpoint
+from core.providers.catalog import load_catalog
+from core.providers.local import LlamaCppWire
+
+def where():
+    return [[os.fstat(fd).st_dev, os.fstat(fd).st_ino] for fd in (1, 2)]
+
+async def main():
+    spec = load_catalog().providers["local"]
+    model = spec.models["smollm2-135m-instruct"]
+    before = after = where()
+    async with httpx.AsyncClient() as http:
+        for delay in (0, 0.02, 0.05, 0.1):
+            wires = [LlamaCppWire(Endpoint(spec=spec, base_url="", key=None, http=http)) for _ in range(2)]
+
+            async def later(wire):
+                await asyncio.sleep(delay)
+                await wire._model(model)
+
+            await asyncio.gather(wires[0]._model(model), later(wires[1]))
+            for w in wires:
+                await w.aclose()
+            after = where()
+            if after != before:
+                break
+    with open(sys.argv[1], "w") as f:
+        json.dump({"before": before, "after": after}, f)
+    print("still here", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def _child(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+
+
+@needs_model
+def test_loading_keeps_stdout_and_stderr_of_the_process() -> None:
+    proc = _child(LOAD_WHILE_WRITING)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    n = int(lines[-1].removeprefix("wrote "))
+    missing = [f"{kind} {i}" for i in range(n) for kind in ("py", "fd") if f"{kind} {i}" not in lines]
+    assert not missing, f"{len(missing)} of {2 * n} lines lost while the model loaded: {missing[:5]}"
+    # llama.cpp's own chatter goes to logging (DEBUG), not to the terminal
+    assert proc.stderr == "", proc.stderr[:2000]
+    assert "llama" not in proc.stdout
+
+
+@needs_model
+def test_two_models_loading_at_once_leave_fds_where_they_were(tmp_path: Path) -> None:
+    out = tmp_path / "fds.json"
+    proc = _child(TWO_LOADS, str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fds = json.loads(out.read_text())
+    assert fds["after"] == fds["before"]
+    assert proc.stdout.strip() == "still here"

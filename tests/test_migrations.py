@@ -77,12 +77,20 @@ EXPECTED_SCHEMA: dict[str, Any] = {
                 "cost_usd REAL",
                 "created_at TEXT",
                 "finished_at TEXT",
+                "owner TEXT",
             ],
             "pk": ["id"],
             "indexes": [
                 "idx_discussions_conversation_created_at (conversation, created_at)",
                 "idx_discussions_status (status)",
+                "idx_discussions_status_front_end (status, front_end)",
             ],
+            "foreign_keys": [],
+        },
+        "instances": {
+            "columns": ["id TEXT", "host TEXT", "pid INTEGER", "started_at TEXT", "heartbeat REAL"],
+            "pk": ["id"],
+            "indexes": [],
             "foreign_keys": [],
         },
         "meta": {
@@ -104,11 +112,17 @@ EXPECTED_SCHEMA: dict[str, Any] = {
                 "text TEXT",
             ],
             "pk": ["id"],
-            "indexes": ["idx_posts_front_end_open (front_end, open)", "idx_posts_turn_id (turn_id)"],
+            "indexes": [
+                "idx_posts_discussion_id (discussion_id)",
+                "idx_posts_front_end_open (front_end, open)",
+                "idx_posts_turn_id (turn_id)",
+            ],
             "foreign_keys": [],
         },
         "provider_health": {
-            "columns": ["provider TEXT", "status TEXT", "message TEXT", "until REAL", "updated_at TEXT"],
+            "columns": [
+                "provider TEXT", "status TEXT", "message TEXT", "until REAL", "updated_at TEXT", "fingerprint TEXT",
+            ],
             "pk": ["provider"],
             "indexes": [],
             "foreign_keys": [],

@@ -329,3 +329,33 @@ async def test_a_stage_title_waits_for_the_earlier_turns_first_messages() -> Non
     log = sink.log
     assert log[0] == "stage:answer" and log.index("stage:review") > max(log.index(f"post:{t}") for t in "abc")
     assert log.index("post:r") > log.index("stage:review")
+
+
+async def test_a_cancelled_discussion_stops_writing_within_its_grace() -> None:
+    """Shutdown must not wait for budget: a platform that grants nothing more is left
+    after the grace period, with the messages still open for restart recovery."""
+
+    class Starved(RecordingSink):
+        def __init__(self) -> None:
+            super().__init__(limit=10_000)
+            self.post_budget = self.edit_budget = TokenBucket(0.0, 1)  # one write, then nothing
+
+    sink = Starved()
+    r = Renderer(sink, grace=0.3)
+
+    async def events() -> AsyncIterator[Event]:
+        for tid in ("a", "b"):
+            yield TurnStarted(info(tid))
+        while True:
+            yield TextDelta("a", "more ")
+            await asyncio.sleep(0.01)
+
+    task = asyncio.ensure_future(r.consume(events()))
+    await asyncio.sleep(0.2)
+    t0 = asyncio.get_running_loop().time()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert asyncio.get_running_loop().time() - t0 < 2.0  # grace 0.3 s, not "until budget comes"
+    assert all(v.task is not None and v.task.done() for v in r.views.values())
+    assert len(sink.order) == 1  # the one write the budget allowed

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -56,13 +57,14 @@ class Rig:
         *,
         channel: str = "C1",
         user: str = "U1",
+        team: str = "T0TEST",
         timestamp: int | None = None,
         secret: str | None = None,
     ) -> tuple[int, str]:
         body = urlencode(
             {
                 "token": "legacy",
-                "team_id": "T0TEST",
+                "team_id": team,
                 "team_domain": "parley-test",
                 "channel_id": channel,
                 "channel_name": "general",
@@ -82,16 +84,18 @@ class Rig:
         async with self.http.post(self.url, data=body, headers=headers) as r:
             return r.status, await r.text()
 
-    async def event(self, event: dict[str, object], *, event_id: str | None = None, retry: int = 0) -> int:
+    async def event(
+        self, event: dict[str, object], *, event_id: str | None = None, retry: int = 0, team: str = "T0TEST"
+    ) -> int:
         body = json.dumps(
             {
                 "token": "legacy",
-                "team_id": "T0TEST",
+                "team_id": team,
                 "api_app_id": "A0TEST",
                 "type": "event_callback",
                 "event_id": event_id or "Ev" + secrets.token_hex(4),
                 "event_time": int(time.time()),
-                "authorizations": [{"team_id": "T0TEST", "user_id": "UBOT", "is_bot": True}],
+                "authorizations": [{"team_id": team, "user_id": "UBOT", "is_bot": True}],
                 "event": event,
             }
         )
@@ -100,6 +104,10 @@ class Rig:
             headers |= {"X-Slack-Retry-Num": str(retry), "X-Slack-Retry-Reason": "http_timeout"}
         async with self.http.post(self.url, data=body, headers=headers) as r:
             return r.status
+
+    async def post_raw(self, body: str | bytes, headers: dict[str, str]) -> tuple[int, str]:
+        async with self.http.post(self.url, data=body, headers=headers) as r:
+            return r.status, await r.text()
 
     async def discuss(self, command: str, text: str, **kw: object) -> tuple[Message, list[Message]]:
         """Run a slash-command discussion to the end; return the parent and its thread."""
@@ -502,8 +510,10 @@ async def test_a_restart_marks_every_open_message_interrupted(rig: Rig) -> None:
     await asyncio.gather(*rig.front.tasks, return_exceptions=True)
     # (a crash would not even run the cancellation handlers; reopen the posts they closed)
     store = rig.services.store
-    store.db.execute("update posts set open = 1")
-    store.db.execute("update discussions set status = 'running'")
+    store.flush()
+    with store.db.conn:  # ... and its process is gone: another instance owned the run
+        store.db.execute("update posts set open = 1")
+        store.db.execute("update discussions set status = 'running', owner = 'a-dead-process'")
     fresh = SlackFront(rig.services, rig.front.client, signing_secret=rig.secret)
     await fresh.start()
     parent = rig.slack.parents()[-1]
@@ -715,3 +725,222 @@ async def test_a_store_failure_recording_a_reply_never_posts_it_twice(
     (did,) = store.db.execute("select id from discussions").fetchone()
     assert store.discussion(did)["status"] == "finished"
     assert store.open_posts("slack") == []
+
+
+# --- text Parley did not write never pings anyone ---------------------------------------------------------
+HOSTILE = "Hi <!channel> <@U123> <!here> <!subteam^S1|devs> <#C999> @everyone &lt;!channel&gt; [x](https://ok.example)"
+
+
+def pings(text: str, *, markdown: bool) -> list[str]:
+    """Mention or broadcast syntax Slack could resolve in a write (entities are literal in mrkdwn,
+    and nobody documents whether markdown_text decodes them first, so there they count too)."""
+    opener = r"(?:<|&lt;|&#0*60;|&#x0*3c;)" if markdown else "<"
+    found = re.findall(opener + r"[!@#][^>\s]*|(?<![\w@])@(?:channel|here|everyone)\b", text, re.IGNORECASE)
+    return [f for f in found if f != "<@U1"]  # Parley's own "<@U1> asked" names the asker
+
+
+def writes(rig: Rig, acks: list[str]) -> dict[str, list[tuple[str, bool]]]:
+    """Every text Parley sent to Slack, by method: (text, is markdown_text)."""
+    out: dict[str, list[tuple[str, bool]]] = {"ack": [(a, False) for a in acks]}  # a plain-text ack is the reply
+    for c in rig.slack.calls:
+        for name, markdown in (("text", False), ("markdown_text", True)):
+            if c.args.get(name):
+                out.setdefault(c.method, []).append((str(c.args[name]), markdown))
+    out["response_url"] = [(r["text"], False) for r in rig.slack.responses]
+    return out
+
+
+@pytest.mark.parametrize("streams", [True, False], ids=["native-streams", "post-and-update"])
+async def test_model_and_error_text_never_pings_whatever_method_writes_it(rig: Rig, streams: bool) -> None:
+    from bots.slack.recovery import mark_interrupted
+
+    rig.front.budgets("T0TEST").streams_enabled = streams
+    rig.llm.scenarios["one-m"] = Scenario(text=f"{HOSTILE} then {HOSTILE}", chunk_chars=3, chunk_delay=0.001)
+    rig.llm.scenarios["two-m"] = Scenario(http_error=(400, {"error": {"message": HOSTILE}}, {}))
+    parent, thread = await rig.discuss("/compare", "providers:one,two Go")  # answers, failure notice, summary
+    for m in thread:  # a restart finds them open and says so
+        if "`one/" in m.text or "`two/" in m.text:
+            ref = {"channel": m.channel, "ts": m.ts, "kind": m.kind}
+            await mark_interrupted(rig.front.client, ref, m.text)
+    acks = []
+    for text in ("providers:<!channel>,<@U123> Hi", "persona:<!here> Hi"):  # refused commands quote them
+        status, body = await rig.slash("/compare", text)
+        assert status == 200 and body
+        acks.append(body)
+    before = rig.front.spawned
+    await rig.event(  # a refused mention: ephemeral
+        {"type": "app_mention", "user": "U1", "text": "<@UBOT> compare providers:<!channel> Hi",
+         "ts": "1800000500.000100", "channel": "C5", "event_ts": "1800000500.000100"}
+    )
+    rig.slack.fail_next["chat.postMessage"] = "<!channel><@U123>"  # Slack's own words: response_url
+    await rig.slash("/ask", "provider:one Hi")
+    await rig.front.idle(before + 2)
+
+    sent = writes(rig, acks)
+    wanted = {"ack", "chat.postEphemeral", "response_url", "chat.postMessage", "chat.update"}
+    wanted |= {"chat.startStream", "chat.appendStream"} if streams else set()
+    assert wanted <= set(sent), sorted(sent)
+    for method in wanted - {"chat.startStream"}:  # the hostile text did reach each of them
+        assert any("channel" in text for text, _ in sent[method]), (method, sent[method])
+    for method, texts in sent.items():
+        for text, markdown in texts:
+            assert not pings(text, markdown=markdown), (method, text)
+    (reply,) = [m for m in thread if "`one/" in m.text]
+    assert "!channel" in reply.text and "@" in reply.text  # shown as written, just never resolved
+
+
+def test_escaping_a_longer_stream_text_extends_the_escaped_shorter_one() -> None:
+    from bots.slack.format import escape
+
+    text = "a <!channel> b <@U1> c &lt;#C1&gt; d List<String> <!subteam^S1> &#60;!here&#62; e"
+    full = escape(text, markdown=True)
+    assert not pings(full, markdown=True)
+    for i in range(len(text) + 1):  # whatever the stream has shown so far, the rest is an append
+        assert full.startswith(escape(text[:i], markdown=True)), i
+
+
+# --- HTTP mode: what reaches bolt -------------------------------------------------------------------------
+async def test_refused_requests_log_one_short_line_and_malformed_ones_get_400(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO)
+    marker = "BODY-" + secrets.token_hex(4)
+    big = json.dumps({"type": "event_callback", "pad": marker * (200_000 // len(marker))})  # ~200 KB, unsigned
+    as_json = {"Content-Type": "application/json"}
+    results = await asyncio.gather(*(rig.post_raw(big, as_json) for _ in range(20)))
+    assert [s for s, _ in results] == [401] * 20
+    assert marker not in caplog.text and len(caplog.text) < 20 * 400, len(caplog.text)  # a line each
+    caplog.clear()
+
+    status, _ = await rig.post_raw('{"type": "event_callback", ', as_json)  # malformed, unsigned
+    assert status == 400
+    broken = '{"type": "event_callback", '
+    status, _ = await rig.post_raw(broken, {**as_json, **sign(rig.secret, broken)})  # malformed, signed
+    assert status == 400
+    status, _ = await rig.post_raw(b"\xff\xfe not text", as_json)
+    assert status == 400
+    status, _ = await rig.post_raw("{}", {**as_json, "X-Slack-Request-Timestamp": "soon", "X-Slack-Signature": "x"})
+    assert status == 401
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelname == "ERROR"]
+
+    from bots.slack.http import MAX_REQUEST_BYTES
+
+    calls, spawned = len(rig.slack.calls), rig.front.spawned
+    huge = urlencode({"command": "/ask", "text": "x" * (MAX_REQUEST_BYTES + 1), "team_id": "T0TEST"})
+    status, _ = await rig.post_raw(
+        huge, {"Content-Type": "application/x-www-form-urlencoded", **sign(rig.secret, huge)}
+    )
+    assert status == 413  # refused before bolt, signed or not
+    assert rig.front.spawned == spawned and len(rig.slack.calls) == calls
+    status, _ = await rig.slash("/ask", "")  # and a normal request still works
+    assert status == 200
+
+
+async def test_http_mode_listens_on_the_configured_host(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bots.slack import main
+
+    sites: list[web.TCPSite] = []
+    listening = asyncio.Event()
+
+    class Site(web.TCPSite):
+        async def start(self) -> None:
+            await super().start()
+            sites.append(self)
+            listening.set()
+
+    monkeypatch.setattr(main.web, "TCPSite", Site)
+    for k, v in {"SLACK_BOT_TOKEN": rig.slack.bot_token, "SLACK_SIGNING_SECRET": rig.secret,
+                 "SLACK_API_URL": rig.slack.base_url, "SLACK_HOST": "127.0.0.1", "PORT": "0"}.items():
+        monkeypatch.setenv(k, v)
+    server = asyncio.create_task(main.serve(rig.services, SlackSettings()))
+    try:
+        await asyncio.wait_for(listening.wait(), 10)
+        (sock,) = sites[0]._server.sockets  # type: ignore[union-attr]
+        host, port = sock.getsockname()[:2]
+        assert host == "127.0.0.1"
+        async with rig.http.get(f"http://127.0.0.1:{port}/healthz") as r:
+            assert r.status == 200
+    finally:
+        server.cancel()
+        await asyncio.gather(server, return_exceptions=True)
+
+
+async def test_a_burst_of_first_requests_authorises_once_per_workspace(rig: Rig) -> None:
+    def ignored(i: int) -> dict[str, object]:  # a channel message without a mention: authorised, then ignored
+        ts = f"1800000600.{i:06d}"
+        return {"type": "message", "channel_type": "channel", "user": "U1", "text": "hi", "ts": ts, "channel": "C6"}
+
+    start = len(rig.slack.called("auth.test"))  # the start-up check
+    rig.slack.delays["auth.test"] = 0.5  # every first request arrives while the first call is out
+    statuses = await asyncio.gather(*(rig.event(ignored(i), team="T0NEW") for i in range(200)))
+    assert statuses == [200] * 200
+    assert len(rig.slack.called("auth.test")) == start + 1
+    await asyncio.gather(*(rig.event(ignored(i), team="T0TEST") for i in range(20)))
+    assert len(rig.slack.called("auth.test")) == start + 1  # the start-up answer serves its own workspace
+
+    rig.slack.auth_error = "invalid_auth"  # a failure is shared by those waiting for it, and not kept
+    await asyncio.gather(*(rig.event(ignored(i), team="T0GONE") for i in range(20)))
+    assert len(rig.slack.called("auth.test")) == start + 2
+    rig.slack.auth_error = None
+    await rig.event(ignored(0), team="T0GONE")
+    assert len(rig.slack.called("auth.test")) == start + 3
+
+
+# --- bounded state ----------------------------------------------------------------------------------------------
+async def test_budgets_of_idle_channels_and_workspaces_are_forgotten(rig: Rig) -> None:
+    import gc
+
+    rig.front.make_budgets = lambda: WorkspaceBudgets(window=0.2, post_rate=50)  # time compressed
+    rig.llm.scenarios["one-m"] = Scenario(text="Short.")
+
+    async def wave(n: int, **where: str) -> None:
+        before = rig.front.spawned
+        results = await asyncio.gather(
+            *(rig.slash("/ask", "provider:one Hi", user=f"U{i}", **{k: f"{v}{i}" for k, v in where.items()})
+              for i in range(n))
+        )
+        assert all(r == (200, "") for r in results), results
+        await rig.front.idle(before + n)
+        await asyncio.sleep(0.3)  # every budget of this wave is idle again
+
+    for w in range(4):
+        await wave(16, channel=f"C{w}x")  # 64 channels of one workspace
+    for w in range(4):
+        await wave(16, team=f"T{w}x", channel="C")  # 64 workspaces
+    gc.collect()
+    assert len(rig.slack.parents()) == 128
+    assert len(rig.front.budgets("T0TEST").channels) <= 40
+    assert len(rig.front.workspaces) <= 40
+    assert rig.front.admission.running == 0 and not rig.front.admission.users
+
+
+# --- admission ----------------------------------------------------------------------------------------------
+async def test_discussions_are_capped_per_person_and_per_workspace(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.threads import Admission
+
+    monkeypatch.setenv("PARLEY_MAX_RUNNING_PER_USER", "1")
+    monkeypatch.setenv("PARLEY_MAX_RUNNING_PER_WORKSPACE", "2")
+    rig.front.admission = Admission.from_settings(Settings())
+    rig.llm.scenarios["one-m"] = Scenario(text=answer(40, "s"), chunk_chars=5, chunk_delay=0.05)  # ~2 s
+    before = rig.front.spawned
+    assert await rig.slash("/ask", "provider:one First", user="U1") == (200, "")
+    status, body = await rig.slash("/ask", "provider:one Second", user="U1")
+    assert status == 200 and "Try again" in body and "PARLEY_MAX_RUNNING_PER_USER" in body
+    assert await rig.slash("/ask", "provider:one Other", user="U2", channel="C2") == (200, "")
+    status, body = await rig.slash("/ask", "provider:one Third", user="U3", channel="C3")
+    assert "busy" in body and "PARLEY_MAX_RUNNING_PER_WORKSPACE" in body
+    status, body = await rig.slash("/personas", "", user="U3")  # information is never refused
+    assert (status, body) == (200, "")
+    await rig.event(
+        {"type": "app_mention", "user": "U1", "text": "<@UBOT> ask provider:one Again?",
+         "ts": "1800000700.000100", "channel": "C7", "event_ts": "1800000700.000100"}
+    )
+    await rig.front.idle(before + 4)
+    assert [e["user"] for e in rig.slack.ephemeral if "Try again" in e["text"]] == ["U1"]
+    assert sorted(p.channel for p in rig.slack.parents()) == ["C1", "C2"]  # refused ones posted nothing
+    assert rig.front.admission.running == 0 and not rig.front.admission.users  # every place was given back
+    rig.llm.scenarios["one-m"] = Scenario(text="Now.")
+    assert await rig.slash("/ask", "provider:one Now?", user="U1") == (200, "")
+    await rig.front.idle(before + 5)

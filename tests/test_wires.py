@@ -303,3 +303,39 @@ async def test_line_splitting_across_reads_with_crlf_and_utf8() -> None:
     got = await collect(OpenAIChatWire(endpoint("openai", handler)), request("openai"))
     assert "".join(c.text for c in got if isinstance(c, TextChunk)) == "héllo ✓ wörld"
     assert got[-1] == FinishChunk("stop")
+
+
+async def test_retries_that_give_up_say_what_was_tried() -> None:
+    calls, sleeps, _, err = await _retry_run(
+        [(503, {}, {}), (429, {"error": {"code": "rate_limit_exceeded"}}, {}), (503, {}, {})], attempts=3)
+    assert len(calls) == 3 and len(sleeps) == 2
+    assert err.kind == ErrorKind.OVERLOADED
+    assert err.message.endswith("(after 3 attempts: overloaded, rate_limited, overloaded)")
+
+
+async def test_a_retry_wait_past_the_deadline_is_not_started() -> None:
+    calls, sleeps = [], []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return httpx.Response(429, json={"error": {"code": "rate_limit_exceeded"}}, headers={"retry-after": "5"})
+
+    async def fake_sleep(s: float) -> None:
+        sleeps.append(s)
+
+    wire = OpenAIChatWire(endpoint("openai", handler))
+    with pytest.raises(ParleyError) as ei:
+        async for _ in stream_with_retries(wire, request("openai"), RetryPolicy(attempts=3), sleep=fake_sleep,
+                                           remaining=lambda: 1.0):
+            pass
+    assert ei.value.kind == ErrorKind.RATE_LIMITED and len(calls) == 1 and sleeps == []
+
+
+async def test_an_empty_data_field_is_not_an_event() -> None:
+    from core.providers.sse import parse_sse
+
+    async def lines():
+        for line in ["data:", "", "event: ping", "data:", "", 'data: {"a": 1}', ""]:
+            yield line
+
+    assert [e.data async for e in parse_sse(lines())] == ['{"a": 1}']

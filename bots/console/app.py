@@ -6,27 +6,39 @@ without a command is an ``/ask``. Every line continues the same conversation,
 so a follow-up has the earlier answers as context; ``/new`` starts afresh.
 
 Turns stream live through the shared :class:`core.render.Renderer` into a
-rich ``Live`` view (:mod:`bots.console.view`).
+rich ``Live`` view (:mod:`bots.console.view`). Ctrl-C while an answer is being
+written stops that discussion (what was written stays on screen and in the store,
+the discussion is marked interrupted) and returns to the prompt; Ctrl-C at the
+prompt, Ctrl-D, ``exit`` or ``quit`` leave (:mod:`bots.console.prompt`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
 from rich.console import Console
 from rich.live import Live
 
+from bots.console.prompt import LineReader, on_ctrl_c
 from bots.console.view import ConsoleSink, ConsoleView, doc_to_rich
 from core import info
 from core.commands import parse_line
-from core.errors import ParleyError, UsageError
+from core.errors import ParleyError
 from core.events import DiscussionFinished, Event
 from core.render import Renderer
 from core.services import Services
 
-CONTROL = {"/new": "start a new conversation", "/quit": "leave (or Ctrl-D)"}
+CONTROL = {
+    "/new": "start a new conversation",
+    "/exit": "leave (or exit, quit, /quit, Ctrl-D; Ctrl-C at the prompt)",
+    "Ctrl-C": "stop the answer being written and return to the prompt",
+}
+EXIT_WORDS = frozenset({"/exit", "/quit", "exit", "quit"})
+PROMPT = "[bold green]parley>[/bold green] "
 
 
 class ConsoleApp:
@@ -34,6 +46,7 @@ class ConsoleApp:
         self.services = services
         self.console = console
         self.conversation = f"console:{uuid.uuid4().hex[:8]}"
+        self._running: asyncio.Task[DiscussionFinished | None] | None = None
 
     def banner(self) -> None:
         reg = self.services.registry
@@ -59,7 +72,8 @@ class ConsoleApp:
             self.console.print("[dim]New conversation.[/dim]")
             return None
         try:
-            req = parse_line(line, max_prompt_chars=self.services.settings.max_prompt_chars)
+            req = parse_line(line, max_prompt_chars=self.services.settings.max_prompt_chars,
+                             max_turns=self.services.settings.max_turns)
             if req.mode is None:
                 self.console.print(doc_to_rich((await info.answer(self.services, req.command)).doc))
                 if req.command == "help":
@@ -68,25 +82,53 @@ class ConsoleApp:
                 return None
             events = self.services.engine.run(req, conversation=self.conversation, front_end="console")
             return await self.render(events)
-        except UsageError as e:
-            self.console.print(f"[red]{e.message}[/red]")
-        except ParleyError as e:
+        except ParleyError as e:  # UsageError included
             self.console.print(f"[red]{e.message}[/red]")
         return None
+
+    async def run(self, line: str) -> DiscussionFinished | None:
+        """:meth:`handle` as a task that :meth:`interrupt` (Ctrl-C) can stop."""
+        task = asyncio.ensure_future(self.handle(line))
+        self._running = task
+        try:
+            await asyncio.wait([task])
+        finally:
+            self._running = None
+            task.cancel()  # (only if this REPL itself is being cancelled)
+        return None if task.cancelled() else task.result()
+
+    def interrupt(self) -> bool:
+        """Ctrl-C: stop the line being run; False when nothing is running."""
+        if self._running is None or self._running.done():
+            return False
+        self._running.cancel()
+        return True
 
     async def render(self, events: AsyncIterator[Event]) -> DiscussionFinished | None:
         view = ConsoleView()
         renderer = Renderer(ConsoleSink(view))
-        height = self.console.size.height
-        with Live(
-            console=self.console,
-            get_renderable=lambda: view.render(height=height),
-            refresh_per_second=12,
-            transient=True,
-            redirect_stdout=False,
-            redirect_stderr=False,
-        ):
-            result = await renderer.consume(events)
+        try:
+            with Live(
+                console=self.console,
+                get_renderable=view.render,  # fitted to the terminal's size at each refresh
+                refresh_per_second=12,
+                transient=True,
+                redirect_stdout=False,
+                redirect_stderr=False,
+                vertical_overflow="crop",
+            ):
+                result = await renderer.consume(events)
+        except asyncio.CancelledError:
+            self.console.print(view.render(full=True))
+            self.console.print(
+                "[yellow]Stopped. What was written is kept; the discussion is marked interrupted.[/yellow]"
+            )
+            raise
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:  # the engine records the discussion as stopped
+                with contextlib.suppress(Exception):
+                    await aclose()
         self.console.print(view.render(full=True))
         return result
 
@@ -99,14 +141,24 @@ async def repl(services: Services, console: Console, lines: Sequence[str] | None
     app.banner()
     if lines is not None:
         for line in lines:
+            if line.strip().lower() in EXIT_WORDS:
+                break
             await app.handle(line)
         return 0
-    while True:
-        try:
-            line = await asyncio.to_thread(console.input, "[bold green]parley>[/bold green] ")
-        except (EOFError, KeyboardInterrupt):
-            console.print()
-            return 0
-        if line.strip() in ("/quit", "/exit"):
-            return 0
-        await app.handle(line)
+    reader = LineReader(sys.stdin.fileno())
+
+    def ctrl_c() -> None:
+        if not app.interrupt():  # nothing running: leave
+            reader.interrupt()
+
+    with on_ctrl_c(ctrl_c):
+        while True:
+            console.print(PROMPT, end="")
+            try:
+                line = await reader.readline()
+            except (EOFError, KeyboardInterrupt):
+                console.print()
+                return 0
+            if line.strip().lower() in EXIT_WORDS:
+                return 0
+            await app.run(line)

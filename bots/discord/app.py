@@ -40,7 +40,7 @@ from core.commands import COMMANDS, Request, parse, parse_line
 from core.errors import ParleyError, UsageError, redact
 from core.render import Renderer
 from core.services import Services
-from core.threads import Requests, discuss_in_thread
+from core.threads import Admission, Requests, Ticket, discuss_in_thread
 
 log = logging.getLogger("parley.discord")
 #: Appended to /help: how to reach the bot without a slash command.
@@ -56,12 +56,21 @@ MENTION_HELP = (
 class DiscordFront(Requests):
     """Event handlers and start-up duties for one client; built once per process."""
 
-    def __init__(self, services: Services, client: discord.Client, *, budgets: ChannelBudgets | None = None) -> None:
+    def __init__(
+        self,
+        services: Services,
+        client: discord.Client,
+        *,
+        budgets: ChannelBudgets | None = None,
+        on_renderer: Callable[[Renderer], None] | None = None,
+    ) -> None:
         self.services = services
         self.client = client
         self.budgets = budgets or ChannelBudgets()
+        self.admission = Admission.from_settings(services.settings)
         super().__init__()
-        self.renderers: list[Renderer] = []
+        #: Shown each discussion's renderer (tests and benchmarks read its counters); none is kept here.
+        self.on_renderer = on_renderer
         client.event(self.on_interaction)
         client.event(self.on_message)
 
@@ -128,18 +137,29 @@ class DiscordFront(Requests):
         if interaction.type is not discord.InteractionType.application_command:
             return
         try:
-            req = request_from(name, options, max_prompt_chars=self.services.settings.max_prompt_chars)
+            limits = self.services.settings
+            req = request_from(name, options, max_prompt_chars=limits.max_prompt_chars, max_turns=limits.max_turns)
+            ticket = None
             if req.mode is not None:
                 self.services.engine.panel(req)  # unknown persona/provider, missing key: say so now
+                ticket = self.admit(interaction.guild_id, interaction.user.id)
         except (UsageError, ParleyError) as e:
             await interaction.response.send_message(f"⚠️ {e.message}", ephemeral=True)
             return
-        # Defer within Discord's 3 seconds; everything slower happens after.
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        if req.mode is None:
-            await self._info(interaction, req.command)
-        else:
-            await self._from_command(interaction, req)
+        try:
+            # Defer within Discord's 3 seconds; everything slower happens after.
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            if req.mode is None:
+                await self._info(interaction, req.command)
+            else:
+                await self._from_command(interaction, req)
+        finally:
+            if ticket is not None:
+                ticket.release()
+
+    def admit(self, guild_id: int | None, user_id: int) -> Ticket:
+        """A place for one more discussion in this server (or this person's DMs), or UsageError."""
+        return self.admission.enter(str(guild_id) if guild_id else f"dm:{user_id}", str(user_id))
 
     async def _info_text(self, name: str) -> str:
         text = doc_to_markdown((await info.answer(self.services, name)).doc)
@@ -209,8 +229,7 @@ class DiscordFront(Requests):
     async def _from_message(self, message: discord.Message) -> None:
         me = self.client.user
         assert me is not None
-        text = re.sub(rf"<@!?{me.id}>", " ", message.content or "")
-        text = " ".join(text.split())
+        text = re.sub(rf"<@!?{me.id}>", " ", message.content or "").strip()  # the question keeps its lines
 
         async def reply(content: str) -> None:
             for part in chunks(content):
@@ -218,17 +237,28 @@ class DiscordFront(Requests):
                     await message.reply(content=part, mention_author=False, allowed_mentions=NO_MENTIONS)
 
         try:
-            req = parse_line(text, max_prompt_chars=self.services.settings.max_prompt_chars) if text else parse(
-                "help", ""
+            limits = self.services.settings
+            req = parse_line(text, max_prompt_chars=limits.max_prompt_chars, max_turns=limits.max_turns) if text else (
+                parse("help", "")
             )
+            ticket = None
             if req.mode is not None:
                 self.services.engine.panel(req)
+                ticket = self.admit(message.guild.id if message.guild else None, message.author.id)
         except (UsageError, ParleyError) as e:
             await reply(f"⚠️ {e.message}")
             return
-        if req.mode is None:
+        if ticket is None:
             await reply(await self._info_text(req.command))
             return
+        try:
+            await self._discuss_message(message, req, reply)
+        finally:
+            ticket.release()
+
+    async def _discuss_message(
+        self, message: discord.Message, req: Request, reply: Callable[[str], Awaitable[Any]]
+    ) -> None:
         channel: Any = message.channel
         if message.guild is not None and not isinstance(channel, (discord.Thread, discord.abc.GuildChannel)):
             # Not in the cache (a thread created before we connected): ask Discord what it is.
@@ -255,5 +285,5 @@ class DiscordFront(Requests):
         await discuss_in_thread(
             self.services, req, conversation=f"discord:{channel_id}", front_end=FRONT_END,
             thread=(str(channel_id), {"channel": channel_id}), make_sink=make_sink, on_error=on_problem,
-            on_renderer=self.renderers.append,
+            on_renderer=self.on_renderer,
         )

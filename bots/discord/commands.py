@@ -2,10 +2,10 @@
 
 :func:`command_payloads` turns :data:`core.commands.COMMANDS` and
 :data:`core.commands.OPTIONS` into the JSON Discord's bulk-overwrite endpoint
-takes; :func:`request_from` turns an interaction's options back into the text
-grammar and hands it to :func:`core.commands.parse`, so validation lives in one
-place; :func:`complete` answers autocomplete from the live registry and persona
-book (a provider added in the user's PARLEY_CONFIG appears with no code and no
+takes; :func:`request_from` hands an interaction's structured options to
+:func:`core.commands.build`, the validation the text grammar uses too;
+:func:`complete` answers autocomplete from the live registry and persona book
+(a provider added in the user's PARLEY_CONFIG appears with no code and no
 re-sync: autocomplete is asked at typing time).
 
 We build payloads rather than ``app_commands`` decorators: discord.py derives
@@ -18,7 +18,17 @@ import hashlib
 import json
 from typing import Any
 
-from core.commands import COMMANDS, OPTIONS, Command, Option, Request, parse
+from core.commands import (
+    COMMANDS,
+    DEFAULT_MAX_PROMPT_CHARS,
+    DEFAULT_MAX_TURNS,
+    OPTIONS,
+    Command,
+    Option,
+    Request,
+    build,
+)
+from core.errors import UsageError
 from core.services import Services
 
 # https://discord.com/developers/docs/interactions/application-commands#application-command-object
@@ -94,36 +104,30 @@ def _canonical(command: Command) -> dict[str, str]:
     return {option_name(command, OPTIONS[o]): o for o in command.options}
 
 
-def request_from(name: str, options: list[dict[str, Any]], *, max_prompt_chars: int = 8000) -> Request:
-    """An interaction's options as a :class:`Request`, validated by :func:`core.commands.parse`.
+def request_from(
+    name: str,
+    options: list[Any],
+    *,
+    max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
+    max_turns: int = DEFAULT_MAX_TURNS,
+) -> Request:
+    """An interaction's options as a :class:`Request`, validated by :func:`core.commands.build`.
 
-    Options become ``key:value`` words; the question is passed as a placeholder of
-    the same length (so the length check applies) and then restored, so a question
-    that happens to start with ``word:word`` is never read as an option.
+    Each option is one value, never re-joined into text: a value with a space inside
+    (``persona:"riley provider:kimi"``) is refused, not read as more options, and a
+    question that starts with ``word:word`` stays the question.
     """
-    command = COMMANDS[name]
-    names = _canonical(command)
-    words = []
-    prompt = ""
+    pairs: list[tuple[str, object]] = []
+    prompt: object = ""
     for opt in options:
-        key, value = opt.get("name"), opt.get("value")
-        if value is None or value == "":
-            continue
-        if key == PROMPT:
-            prompt = str(value).strip()
-            continue
-        canonical = names.get(str(key), str(key))
-        text = str(value)
-        if OPTIONS.get(canonical) is not None and OPTIONS[canonical].kind == "list":
-            text = ",".join(v.strip() for v in text.split(",") if v.strip())
+        if not isinstance(opt, dict):
+            raise UsageError("Discord sent an option I cannot read; please run the command again.")
+        if opt.get("name") == PROMPT:
+            prompt = opt.get("value")
         else:
-            text = "".join(text.split())
-        if text:
-            words.append(f"{canonical}:{text}")
-    placeholder = "x" * len(prompt)
-    req = parse(name, " ".join([*words, placeholder]), max_prompt_chars=max_prompt_chars)
-    req.prompt = prompt
-    return req
+            pairs.append((str(opt.get("name")), opt.get("value")))
+    return build(name, pairs, "" if prompt is None else prompt, max_prompt_chars=max_prompt_chars,
+                 max_turns=max_turns)
 
 
 def _choice(name: str, value: str) -> dict[str, str]:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,28 +86,53 @@ def rate_limit_trace() -> aiohttp.TraceConfig:
 # --- budgets ------------------------------------------------------------------------------------------
 
 
-def window_bucket(limit: int, window: float, name: str) -> WindowBudget:
+def window_bucket(
+    limit: int, window: float, name: str, *, clock: Callable[[], float] = time.monotonic
+) -> WindowBudget:
     """At most ``limit`` calls in any sliding ``window`` (held 5% longer for network
     jitter), so Discord's fixed windows, wherever they start, never see one more.
     The whole allowance is usable at once, and finals keep their reserved slots."""
-    return WindowBudget(limit, window, name=name)
+    return WindowBudget(limit, window, name=name, clock=clock)
 
 
 @dataclass
 class ChannelBudgets:
-    """The write budgets of one bot: a bucket per channel and one for the whole bot."""
+    """The write budgets of one bot: a bucket per channel and one for the whole bot.
+
+    A long-running bot writes in ever new threads, so at most once a window the
+    idle buckets are dropped: no claim (no message awaits its final edit), no
+    waiter, no pause, nothing spent within the window. A bucket made again for
+    that channel starts in the same state, so no limit is forgotten; sinks look
+    their bucket up at each use (:class:`bots.discord.sink.DiscordSink`).
+    """
 
     limit: int = CHANNEL_LIMIT
     window: float = CHANNEL_WINDOW
     global_per_second: float = GLOBAL_PER_SECOND
     channels: dict[int, WindowBudget] = field(default_factory=dict)
     bot: TokenBucket = field(init=False)
+    clock: Callable[[], float] = time.monotonic
+    _swept: float = field(init=False, default=0.0)
 
     def __post_init__(self) -> None:
         self.bot = TokenBucket(self.global_per_second * 0.9, max(1, int(self.global_per_second // 5)), name="global")
+        self._swept = self.clock()
 
     def channel(self, channel_id: int) -> WindowBudget:
+        now = self.clock()
+        if now - self._swept >= self.window:
+            self._swept = now
+            for idle in [c for c, b in self.channels.items() if c != channel_id and _idle(b, now)]:
+                del self.channels[idle]
         bucket = self.channels.get(channel_id)
         if bucket is None:
-            bucket = self.channels[channel_id] = window_bucket(self.limit, self.window, f"channel:{channel_id}")
+            bucket = self.channels[channel_id] = window_bucket(
+                self.limit, self.window, f"channel:{channel_id}", clock=self.clock
+            )
         return bucket
+
+
+def _idle(bucket: WindowBudget, now: float) -> bool:
+    """Nothing would change if this bucket were made anew (``available`` also means no waiter, no pause)."""
+    spent = bool(bucket.stamps) and bucket.stamps[-1] > now - bucket.window
+    return bucket.claims == 0 and not spent and bucket.available()

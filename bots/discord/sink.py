@@ -10,6 +10,10 @@ is said once to the person who asked (``on_problem``) and raised as
 :class:`core.sink.Undeliverable`; from then on every write of this sink raises
 it at once, without calling Discord. The store is the ledger's business
 (:mod:`core.ledger`): this sink only says how to find a message again.
+
+A notice longer than one message (a long summary) that meets a 429 part-way is
+retried by the renderer; the sink remembers how many of its messages went out
+and resumes after them, so no part is posted twice.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import discord
 from bots.discord.format import MESSAGE_LIMIT, NO_MENTIONS, chunks, doc_to_markdown, message_content
 from bots.discord.permissions import permission_message
 from bots.discord.ratelimit import ChannelBudgets, DiscordRateLimited, fail_fast
+from core.budget import TokenBucket
 from core.events import DiscussionFinished, StageStarted
 from core.present import summary_doc
 from core.sink import Frame, MessageClosed, Notice, Sink, Undeliverable
@@ -66,12 +71,22 @@ class DiscordSink(Sink):
         self.destination = str(channel_id)
         self.channel = client.get_partial_messageable(channel_id)
         self.budgets = budgets
-        self.post_budget = budgets.channel(channel_id)
-        self.edit_budget = self.post_budget  # creates and edits share Discord's per-channel bucket
         self.in_thread = in_thread
         self.on_problem = on_problem
         self.on_call = on_call
         self.problem: str | None = None  # why Discord will not take writes here: set once, then final
+        #: The notice being posted and how many of its messages are out: a retry resumes there.
+        self._notice: tuple[Notice, int] | None = None
+
+    # Creates and edits share Discord's per-channel bucket, looked up at each use rather than kept:
+    # ChannelBudgets forgets an idle bucket (no claim, no waiter, nothing spent in the last window).
+    @property
+    def post_budget(self) -> TokenBucket:  # type: ignore[override]
+        return self.budgets.channel(self.channel_id)
+
+    @property
+    def edit_budget(self) -> TokenBucket:  # type: ignore[override]
+        return self.budgets.channel(self.channel_id)
 
     # --- Sink -----------------------------------------------------------------------------------------
     async def post(self, frame: Frame) -> DiscordRef:
@@ -100,10 +115,14 @@ class DiscordSink(Sink):
             text = doc_to_markdown(summary_doc(event))
         else:
             return  # the parent message (or the mention) heads the thread
-        for i, part in enumerate(chunks(text)):
-            if i:  # the renderer paid for the first message
+        parts = chunks(text)
+        start = self._notice[1] if self._notice is not None and self._notice[0] is event else 0
+        for i in range(start, len(parts)):
+            if i > start:  # the renderer paid for the first message of this attempt
                 await self.post_budget.acquire(0.5)
-            await self._call("post", functools.partial(self._send, part))
+            await self._call("post", functools.partial(self._send, parts[i]))
+            self._notice = (event, i + 1)
+        self._notice = None
 
     def record(self, ref: DiscordRef) -> dict[str, Any]:
         return {"kind": "message", "channel": ref.channel_id, "message": ref.message_id}

@@ -6,9 +6,15 @@
   thread. Errors in the command come back as an ephemeral reply with the fix.
 - ``@Parley`` mentions answer in a thread under the mention; a mention inside a
   thread (or a direct message in a DM thread) continues that thread's discussion.
-- Over HTTP (:meth:`SlackFront.web_app`, ``/slack/events``) request signatures are
-  verified by bolt (bad signatures and timestamps older than five minutes get 401);
+- Over HTTP (:meth:`SlackFront.web_app`, ``/slack/events``) every request is size-
+  and signature-checked before bolt sees it (:mod:`bots.slack.http`);
   :mod:`bots.slack.main` serves it, or connects in Socket Mode.
+- Bolt authorises each request from a per-workspace cache of ``auth.test``
+  (:mod:`bots.slack.auth`); discussions are capped per workspace and per person
+  (:class:`core.threads.Admission`), checked before a command is acknowledged.
+- Budgets are kept per workspace and per channel only while they matter
+  (:mod:`bots.slack.budgets`); every text Parley did not write goes through
+  :func:`bots.slack.format.escape`.
 - At start-up, messages left open by a previous process are marked interrupted
   (:mod:`bots.slack.recovery`).
 """
@@ -24,15 +30,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from slack_bolt.app.async_server import AsyncSlackAppServer
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bots.slack.budgets import WorkspaceBudgets
+from bots.slack import http
+from bots.slack.auth import Authorizer
+from bots.slack.budgets import IdleMap, WorkspaceBudgets
 from bots.slack.errors import response_header, retry_after, slack_error
-from bots.slack.format import doc_to_mrkdwn, to_mrkdwn
-from bots.slack.manifest import EVENTS_PATH, slash_commands
+from bots.slack.format import doc_to_mrkdwn, escape, to_mrkdwn
+from bots.slack.manifest import slash_commands
 from bots.slack.recovery import recover
 from bots.slack.sink import FRONT_END, STREAM_LIFE, SlackSink
 from core import info
@@ -40,7 +47,7 @@ from core.commands import UMBRELLA, Request, parse, parse_line
 from core.errors import ParleyError, UsageError, redact
 from core.present import code, line, strong
 from core.services import Services
-from core.threads import Requests, discuss_in_thread
+from core.threads import Admission, Requests, Ticket, discuss_in_thread
 
 log = logging.getLogger("parley.slack")
 
@@ -81,18 +88,26 @@ class SlackFront(Requests):
     ) -> None:
         self.services = services
         self.client = client
+        self.signing_secret = signing_secret
         self.make_budgets = budgets
         self.stream_life = stream_life
-        self.workspaces: dict[str, WorkspaceBudgets] = {}
+        self.workspaces: IdleMap[str, WorkspaceBudgets] = IdleMap(
+            lambda _: self.make_budgets(), WorkspaceBudgets.idle
+        )
+        self.admission = Admission.from_settings(services.settings)
         self.dedupe = Dedupe()
         super().__init__()
         self.customize = False
         self.bot_user_id: str | None = None
         self.team_id: str | None = None
+        self.authorizer = Authorizer(client)
         self.app = AsyncApp(
-            client=client,
+            # Tokenless: bolt then authorises with ``authorize`` (one auth.test per
+            # workspace) instead of an auth.test per request until the first answers.
+            client=AsyncWebClient(base_url=client.base_url, timeout=client.timeout, logger=client.logger),
+            authorize=self.authorizer,
             signing_secret=signing_secret or "",
-            request_verification_enabled=signing_secret is not None,
+            request_verification_enabled=False,  # bots.slack.http verifies, without logging bodies
             logger=logging.getLogger("parley.slack.bolt"),
         )
         for name in slash_commands():
@@ -115,46 +130,46 @@ class SlackFront(Requests):
             raise UsageError(f"Slack auth.test failed ({err or e.response.status_code}).") from None
         self.bot_user_id = resp.get("user_id")
         self.team_id = resp.get("team_id")
+        self.authorizer.seed(resp)
         scopes = {s.strip() for s in str(response_header(resp.headers, "x-oauth-scopes") or "").split(",")}
         self.customize = "chat:write.customize" in scopes
         await recover(self.client, self.services.store)
 
     def web_app(self) -> web.Application:
-        server = AsyncSlackAppServer(port=0, path=EVENTS_PATH, app=self.app)
+        return http.web_app(self.app, self.signing_secret, lambda: len(self.tasks))
 
-        async def healthz(_: web.Request) -> web.Response:
-            return web.json_response({"ok": True, "running": len(self.tasks)})
-
-        server.web_app.add_routes([web.get("/healthz", healthz)])
-        return server.web_app
+    def workspace(self, team: str | None) -> str:
+        return team or self.team_id or "-"
 
     def budgets(self, team: str | None) -> WorkspaceBudgets:
-        key = team or self.team_id or "-"
-        b = self.workspaces.get(key)
-        if b is None:
-            b = self.workspaces[key] = self.make_budgets()
-        return b
+        return self.workspaces.get(self.workspace(team))
+
+    def admit(self, team: str | None, user: str) -> Ticket:
+        """A place for one more discussion, or UsageError saying Parley is busy."""
+        return self.admission.enter(self.workspace(team), user)
 
     # --- slash commands ----------------------------------------------------------------------------
     async def on_command(self, ack: Any, command: dict[str, Any], respond: Any) -> None:
         name = command["command"].lstrip("/")
         text = (command.get("text") or "").strip()
-        max_chars = self.services.settings.max_prompt_chars
+        max_chars, turns = self.services.settings.max_prompt_chars, self.services.settings.max_turns
         try:
             if name == UMBRELLA:
-                req = parse("help", "") if not text else parse_line(text, max_prompt_chars=max_chars)
+                req = parse("help", "") if not text else parse_line(text, max_prompt_chars=max_chars, max_turns=turns)
             else:
-                req = parse(name, text, max_prompt_chars=max_chars)
+                req = parse(name, text, max_prompt_chars=max_chars, max_turns=turns)
             if req.mode is not None:
                 self.services.engine.panel(req)  # unknown persona/provider, missing key: say so now
+            ticket = None if req.mode is None else self.admit(command.get("team_id"), command["user_id"])
         except (UsageError, ParleyError) as e:
-            await ack(text=f"⚠️ {e.message}")
+            await ack(text=escape(f"⚠️ {e.message}"))
             return
         await ack()
-        if req.mode is None:
+        if ticket is None:
             self.spawn(self._info(req.command, respond))
             return
-        self.spawn(self._from_command(req, command, respond))
+        task = self.spawn(self._from_command(req, command, respond))
+        task.add_done_callback(lambda _: ticket.release())  # even if cancelled before it starts
 
     async def _info(self, name: str, respond: Callable[..., Awaitable[Any]]) -> None:
         await respond(text=await self._info_text(name), response_type="ephemeral")
@@ -183,7 +198,7 @@ class SlackFront(Requests):
                 if e.response.status_code == 429:
                     budgets.post(channel).pause(retry_after(e))
                     continue
-                await respond(text=_post_error(slack_error(e)), response_type="ephemeral")
+                await respond(text=escape(_post_error(slack_error(e))), response_type="ephemeral")
                 return
             except Exception as e:  # network trouble: back off and retry
                 log.warning("posting the parent message failed: %s", redact(str(e)))
@@ -194,7 +209,7 @@ class SlackFront(Requests):
             )
             return
         await self._discuss(
-            req, team, channel, ts, user, on_error=lambda m: respond(text=m, response_type="ephemeral")
+            req, team, channel, ts, user, on_error=lambda m: respond(text=escape(m), response_type="ephemeral")
         )
 
     # --- mentions and direct messages -----------------------------------------------------------
@@ -221,12 +236,13 @@ class SlackFront(Requests):
         async def ephemeral(message: str) -> None:
             with contextlib.suppress(SlackApiError):
                 await self.client.chat_postEphemeral(
-                    channel=channel, user=user, thread_ts=thread_ts, text=message
+                    channel=channel, user=user, thread_ts=thread_ts, text=escape(message)
                 )
 
         try:
             req = (
-                parse_line(text, max_prompt_chars=self.services.settings.max_prompt_chars)
+                parse_line(text, max_prompt_chars=self.services.settings.max_prompt_chars,
+                           max_turns=self.services.settings.max_turns)
                 if text
                 else parse("help", "")
             )
@@ -239,7 +255,15 @@ class SlackFront(Requests):
                 channel=channel, thread_ts=thread_ts, text=await self._info_text(req.command)
             )
             return
-        await self._discuss(req, team, channel, thread_ts, user, on_error=ephemeral)
+        try:
+            ticket = self.admit(team, user)
+        except UsageError as e:
+            await ephemeral(f"⚠️ {e.message}")
+            return
+        try:
+            await self._discuss(req, team, channel, thread_ts, user, on_error=ephemeral)
+        finally:
+            ticket.release()
 
     # --- the discussion, streamed into the thread ---------------------------------------------
     async def _discuss(
@@ -282,7 +306,7 @@ def _strip_mention(text: str, bot_user_id: str | None) -> str:
         text = text.replace(f"<@{bot_user_id}>", " ")
     else:
         text = re.sub(r"^\s*<@[A-Z0-9]+>", " ", text)
-    return " ".join(text.split())
+    return text.strip()  # the question keeps its own line breaks; the grammar splits the options
 
 
 def _post_error(err: str) -> str:
@@ -295,4 +319,4 @@ def _post_error(err: str) -> str:
         return "⚠️ This channel is archived; I can't post here."
     if err == "missing_scope":
         return "⚠️ The app is missing a scope: reinstall it from `parley slack manifest`."
-    return f"⚠️ Slack did not accept the message ({err}). Please try again."
+    return f"⚠️ Slack did not accept the message ({err}). Please try again."  # escaped by the caller

@@ -17,6 +17,10 @@ class SlackSettings(EnvSettings):
     app_token: SecretStr | None = Field(None, validation_alias=AliasChoices("SLACK_APP_TOKEN"))
     signing_secret: SecretStr | None = Field(None, validation_alias=AliasChoices("SLACK_SIGNING_SECRET"))
     api_url: str | None = Field(None, validation_alias=AliasChoices("SLACK_API_URL"))
+    #: HTTP mode: the address to listen on (0.0.0.0: every interface; 127.0.0.1 behind a
+    #: reverse proxy on the same machine).
+    host: str = Field("0.0.0.0", validation_alias=AliasChoices("SLACK_HOST"))
+    #: HTTP mode: the port to listen on.
     port: int = Field(3000, validation_alias=AliasChoices("PORT"))
 
 

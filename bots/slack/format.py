@@ -8,8 +8,27 @@ must be escaped. Native streams (``chat.startStream``/``appendStream``) take
 
 What Parley itself says (summaries, stage titles, informational commands, reply
 headers) comes from core as a :data:`core.present.Doc` and becomes Slack text in
-:func:`doc_to_mrkdwn` (or :func:`doc_to_markdown` for a stream's header): every
-span escaped, so provider text such as ``<!channel>`` never reaches Slack raw.
+:func:`doc_to_mrkdwn` (or :func:`doc_to_markdown` for a stream's header).
+
+Every piece of text Parley did not write itself (model answers, provider errors,
+quoted prompts, Slack's own error codes, persona names) goes through ONE function,
+:func:`escape`, whatever method writes it, so that it can never ping anyone:
+
+- mrkdwn (``text``): ``&``, ``<``, ``>`` become entities, which Slack documents as
+  shown literally, so ``<!channel>``, ``<@U…>``, ``<#C…>``, ``<!subteam^…>`` are text;
+- CommonMark (``markdown_text``): Slack does not document whether it resolves
+  ``<!channel>`` there (mentions do resolve in streamed text) or whether it decodes
+  ``&lt;`` first, so both readings are made safe: an invisible word joiner goes
+  between ``<`` (or ``&lt;``, ``&#60;``, ``&#x3c;``) and a following ``!``, ``@``,
+  ``#`` or labelled link ``scheme:…|``. No mention (or disguised link) can form,
+  entities and other ``<`` are left alone (code such as ``List<String>`` shows and
+  copies as written), and the joiner is inserted only after the ``<``, so escaping a
+  longer text extends the escaped shorter one (stream appends stay appends);
+- both: bare ``@channel``, ``@here``, ``@everyone`` get the joiner after the ``@``.
+
+(A bare broadcast word or a labelled link cut in two by a stream update is the one
+case where the longer text is not an extension: the sink then replaces the stream
+with a posted message, :meth:`bots.slack.sink.SlackSink.edit`.)
 """
 
 from __future__ import annotations
@@ -34,8 +53,27 @@ _RULE = re.compile(r"^\s{0,3}([-*_])(\s*\1){2,}\s*$")
 _BOLD_MARK = "\x00B\x00"  # placeholder so italics do not re-read converted bold
 
 
-def escape(text: str) -> str:
+#: Invisible, and breaks Slack's mention syntax wherever it stands.
+JOINER = "\u2060"
+#: Where Slack markup would start: a mention, a broadcast, a channel, or a labelled link
+#: ``<url|label>`` (whose label could hide where it goes).
+_MARKUP_OPEN = re.compile(
+    r"(<|&lt;|&#0*60;|&#x0*3c;)(?=[!@#]|[a-z][a-z0-9+.\-]*:[^\s<>|]*\|)", re.IGNORECASE
+)
+_BROADCAST = re.compile(r"(?<![\w@])@(?=(?:channel|here|everyone)\b)", re.IGNORECASE)
+
+
+def escape(text: str, *, markdown: bool = False) -> str:
+    """THE escaping of text Parley did not write, for mrkdwn ``text`` or (``markdown``)
+    for a stream's CommonMark ``markdown_text``: it shows as written and never pings."""
+    text = _BROADCAST.sub("@" + JOINER, text)
+    if markdown:
+        return _MARKUP_OPEN.sub(lambda m: m.group(1) + JOINER, text)
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _escape_markdown(text: str) -> str:
+    return escape(text, markdown=True)
 
 
 def _inline(line: str) -> str:
@@ -96,7 +134,9 @@ def doc_to_mrkdwn(doc: Iterable[Line]) -> str:
 
 def doc_to_markdown(doc: Iterable[Line]) -> str:
     """Core's structured text as the CommonMark a native stream's ``markdown_text`` takes."""
-    return present.render(doc, styles={"strong": lambda s: f"**{s}**", "code": lambda s: f"`{s}`"})
+    return present.render(
+        doc, styles={"strong": lambda s: f"**{s}**", "code": lambda s: f"`{s}`"}, escape=_escape_markdown
+    )
 
 
 def header(turn: TurnInfo, part: int, *, markdown: bool) -> str:

@@ -1,7 +1,7 @@
 """``parley slack``: run the Slack app, or print its manifest.
 
 Socket Mode when ``SLACK_APP_TOKEN`` is set, otherwise HTTP on ``/slack/events``
-(and ``/healthz``) on ``PORT``. ``parley run`` starts it when :func:`configured`.
+(and ``/healthz``) on ``SLACK_HOST``:``PORT``. ``parley run`` starts it when :func:`configured`.
 """
 
 from __future__ import annotations
@@ -56,9 +56,10 @@ async def serve(
         else:
             runner = web.AppRunner(front.web_app())
             await runner.setup()
-            site = web.TCPSite(runner, "0.0.0.0", port or settings.port)
+            port = settings.port if port is None else port
+            site = web.TCPSite(runner, settings.host, port)
             await site.start()
-            log.info("Slack: listening on :%d%s", port or settings.port, EVENTS_PATH)
+            log.info("Slack: listening on %s:%d%s", settings.host, port, EVENTS_PATH)
             try:
                 await asyncio.Event().wait()
             finally:

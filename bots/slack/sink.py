@@ -129,11 +129,9 @@ class SlackSink(Sink):
     # --- text ------------------------------------------------------------------------------------
     def _markdown(self, frame: Frame) -> str:
         """A stream's whole text so far: grows only at the end, so it can be appended."""
-        text = header(frame.turn, frame.part, markdown=True) + "\n\n" + frame.text
+        text = header(frame.turn, frame.part, markdown=True) + "\n\n" + escape(frame.text, markdown=True)
         if frame.state == "failed" and frame.notice:
-            # Escaped (CommonMark shows the entities as the characters): an error quoting
-            # ``<!channel>`` must not ping anyone.
-            text += f"\n\n⚠️ {escape(frame.notice)}"
+            text += f"\n\n⚠️ {escape(frame.notice, markdown=True)}"
         return text
 
     def _mrkdwn(self, frame: Frame) -> str:

@@ -5,12 +5,12 @@
 ``content_block_delta`` (``text_delta`` / ``thinking_delta``), ``message_delta``
 (stop_reason, output usage), ``message_stop``; ``ping`` anywhere; ``event:
 error`` can arrive after HTTP 200 (``overloaded_error``). A stream without
-``message_stop`` is truncated.
+``message_stop`` is truncated, and so is one with data that is not a JSON
+object (:func:`core.providers.http.event_object`, shared with every wire).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,7 +24,7 @@ from core.providers.base import (
     Usage,
     UsageChunk,
 )
-from core.providers.http import get_json, open_stream, truncated, vendor_error
+from core.providers.http import event_object, get_json, open_stream, truncated, vendor_error
 from core.providers.sse import parse_sse
 
 API_VERSION = "2023-06-01"
@@ -65,10 +65,7 @@ class AnthropicWire:
             self.endpoint, "/messages", build_body(request), self._headers(), request.model.id
         ) as lines:
             async for ev in parse_sse(lines):
-                try:
-                    obj = json.loads(ev.data)
-                except ValueError:
-                    continue
+                obj = event_object(self.endpoint, ev.data)
                 kind = obj.get("type") or ev.event
                 if kind == "content_block_delta":
                     delta = obj.get("delta") or {}

@@ -84,6 +84,11 @@ class Endpoint:
     key: SecretStr | None
     http: HTTPClient
     extra: dict[str, str] = field(default_factory=dict)
+    #: What sets ``base_url``, for error messages (see :meth:`ProviderSpec.url_setting`).
+    url_setting: str = ""
+
+    def url_hint(self) -> str:
+        return self.url_setting or self.spec.url_setting(env_set=True)
 
 
 class Wire(Protocol):

@@ -45,6 +45,7 @@ def load_catalog(user_config: Path | None = None) -> Catalog:
     """The shipped catalog, with the user's config merged over it."""
     data = _read_toml(CATALOG_PATH)
     source = str(CATALOG_PATH.name)
+    mine: set[str] = set()
     if user_config is not None:
         user = _read_toml(user_config)
         unknown = set(user) - {"providers", "quirks"}
@@ -54,6 +55,7 @@ def load_catalog(user_config: Path | None = None) -> Catalog:
                 f"only [providers.ID] and [quirks.NAME] may be overridden."
             )
         data = _merge(data, user)
+        mine = set(user.get("providers") or {})
         source = f"{user_config} (over the shipped catalog)"
     try:
         catalog = Catalog.model_validate(data)
@@ -62,6 +64,8 @@ def load_catalog(user_config: Path | None = None) -> Catalog:
         loc = ".".join(str(p) for p in first["loc"])
         raise UsageError(f"{source}: invalid provider config at '{loc}': {first['msg']}.") from e
     for spec in catalog.providers.values():
+        if spec.id in mine:
+            spec.origin = str(user_config)
         if spec.wire not in WIRES:
             raise UsageError(
                 f"{source}: [providers.{spec.id}] " + suggest(spec.wire, WIRES, "wire")

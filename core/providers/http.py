@@ -10,11 +10,17 @@ in bench/core_bench.py: 500 streams at 50 chunks/s each, event-loop lag p99
 Transport failures become ParleyErrors here, once: connect errors are
 ``unreachable``, read time-outs ``timeout``, a connection dropped mid-body
 ``truncated``; HTTP error statuses go through :func:`core.errors.classify`.
+So does the stream policy shared by the HTTP wires: a 200 that is a web page
+(``text/html``) is not an event stream (``unreachable``, naming the base URL
+setting); a line over :data:`MAX_LINE` and an event whose data is not a JSON
+object end the turn as ``truncated``, keeping the text already received.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -89,6 +95,11 @@ class HttpxClient:
 
 # --- errors -----------------------------------------------------------------------------
 
+#: The longest SSE line accepted (bytes): an answer arrives in small deltas, never in one line.
+MAX_LINE = 1 << 20
+#: Content types that are never an event stream (captive portals, proxies, a site's front page).
+_NOT_A_STREAM = re.compile(r"html|xml", re.I)
+
 _CONNECT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol,
             aiohttp.ClientConnectorError, aiohttp.InvalidURL)
 _TIMEOUT = (httpx.TimeoutException, asyncio.TimeoutError, aiohttp.ServerTimeoutError)
@@ -112,13 +123,15 @@ def vendor_error(
         body=body,
         headers={k.lower(): v for k, v in (headers or {}).items()},
         model=model,
+        key_fix=spec.key_fix(),
+        url_setting=endpoint.url_hint(),
     )
 
 
 def transport_error(endpoint: Endpoint, exc: BaseException) -> ParleyError:
     spec = endpoint.spec
-    where = f"{spec.label} (provider '{spec.id}')"
-    setting = f" Check {spec.base_url_env} and your network." if spec.base_url_env else ""
+    where = endpoint.spec.where
+    setting = f" Check {endpoint.url_hint()} and your network."
     if isinstance(exc, _CONNECT):
         return ParleyError(
             ErrorKind.UNREACHABLE,
@@ -142,12 +155,49 @@ def transport_error(endpoint: Endpoint, exc: BaseException) -> ParleyError:
 
 def truncated(endpoint: Endpoint, missing: str) -> ParleyError:
     """A stream that ended cleanly at the HTTP level but without its terminator."""
-    spec = endpoint.spec
     return ParleyError(
         ErrorKind.TRUNCATED,
-        f"{spec.label} (provider '{spec.id}') ended the stream before it was complete "
-        f"({missing}); the answer may be cut short.",
-        provider=spec.id,
+        f"{endpoint.spec.where} ended the stream before it was complete ({missing}); the answer "
+        f"may be cut short.",
+        provider=endpoint.spec.id,
+    )
+
+
+def event_object(endpoint: Endpoint, data: str) -> dict[str, Any]:
+    """An SSE event's data as a JSON object; anything else ends the turn (kind ``truncated``)."""
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict):
+        return obj
+    raise ParleyError(
+        ErrorKind.TRUNCATED,
+        f"{endpoint.spec.where} sent a malformed stream event ({data[:60]!r} is not a JSON object); "
+        f"Parley stopped there and kept the text received before it. Try again; if it "
+        f"persists, the provider or a proxy in between is mangling the stream.",
+        provider=endpoint.spec.id,
+    )
+
+
+def not_a_stream(endpoint: Endpoint, url: str, content_type: str) -> ParleyError:
+    """A 200 that is a web page: a captive portal, a proxy's login page or a wrong base URL."""
+    return ParleyError(
+        ErrorKind.UNREACHABLE,
+        f"{endpoint.spec.where} answered {url} with a {content_type.split(';')[0].strip()} page, not an "
+        f"event stream: a captive portal, a proxy's sign-in page or a wrong base URL is in the way. "
+        f"Check {endpoint.url_hint()}: it should be the API's base URL (usually ending in /v1). "
+        f"Then check your network.",
+        provider=endpoint.spec.id,
+    )
+
+
+def line_too_long(endpoint: Endpoint) -> ParleyError:
+    return ParleyError(
+        ErrorKind.TRUNCATED,
+        f"{endpoint.spec.where} sent a stream line longer than {MAX_LINE >> 20} MB, which no answer "
+        f"needs; Parley stopped reading there and kept the text received before it.",
+        provider=endpoint.spec.id,
     )
 
 
@@ -165,6 +215,9 @@ async def open_stream(
         async with endpoint.http.stream("POST", url, json=body, headers=headers) as resp:
             if resp.status >= 400:
                 raise vendor_error(endpoint, resp.status, await resp.read(), resp.headers, model)
+            content_type = resp.headers.get("content-type") or ""
+            if _NOT_A_STREAM.search(content_type):
+                raise not_a_stream(endpoint, url, content_type)
             yield _lines(endpoint, resp.chunks)
     except TRANSPORT_ERRORS as exc:
         raise transport_error(endpoint, exc) from None
@@ -188,7 +241,11 @@ async def _lines(endpoint: Endpoint, chunks: AsyncIterator[bytes]) -> AsyncItera
             if hold:
                 buf += b"\r"
             for line in lines:
+                if len(line) > MAX_LINE:
+                    raise line_too_long(endpoint)
                 yield line.decode("utf-8", "replace")
+            if len(buf) > MAX_LINE:
+                raise line_too_long(endpoint)
         if buf:
             yield buf.rstrip(b"\r").decode("utf-8", "replace")
     except TRANSPORT_ERRORS as exc:
@@ -196,8 +253,6 @@ async def _lines(endpoint: Endpoint, chunks: AsyncIterator[bytes]) -> AsyncItera
 
 
 async def get_json(endpoint: Endpoint, path: str, headers: dict[str, str]) -> Any:
-    import json
-
     url = endpoint.base_url.rstrip("/") + path
     try:
         async with endpoint.http.stream("GET", url, headers=headers) as resp:
@@ -212,6 +267,6 @@ async def get_json(endpoint: Endpoint, path: str, headers: dict[str, str]) -> An
         raise ParleyError(
             ErrorKind.BAD_REQUEST,
             f"{endpoint.spec.label} answered {path} with something that is not JSON; is "
-            f"{endpoint.spec.base_url_env or 'the base URL'} pointing at the API?",
+            f"{endpoint.url_hint()} pointing at the API?",
             provider=endpoint.spec.id,
         ) from None

@@ -17,14 +17,22 @@ Facts this module relies on:
   iterating, a ``threading.Event`` stops the worker between tokens and the lock
   is released once the worker has really let go of the model.
 - The chat template comes from the GGUF (``tokenizer.chat_template``).
+- Loading never touches the process's stdout and stderr: ``verbose=False`` would
+  point fds 1 and 2 at /dev/null while the model loads (losing every other turn's
+  output meanwhile; two loads racing leave them there for good). So ``verbose=True``,
+  and the chatter goes to logging at DEBUG (``parley.llama``) through llama.cpp's
+  log callback and a ``print`` in ``llama_cpp.llama``. One load at a time per process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import importlib.metadata
+import logging
 import os
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -52,6 +60,12 @@ FALLBACK_TEMPERATURE = 0.3
 #: A mild repetition penalty: very small models loop without one.
 REPEAT_PENALTY = 1.1
 INSTALL_HINT = "pip install -e '.[local]'"
+
+log = logging.getLogger("parley.llama")
+#: One model load at a time in the whole process (every wire, every thread).
+_LOAD_LOCK = threading.Lock()
+#: The ctypes callback handed to llama.cpp, kept alive for as long as llama.cpp may call it.
+_log_callback: Any = None
 
 
 @functools.lru_cache(maxsize=1)
@@ -138,10 +152,12 @@ class LlamaCppWire:
 
     # --- model ------------------------------------------------------------------------
     def _load(self, path: Path, n_ctx: int) -> Any:
-        """Runs in a worker thread."""
+        """Runs in a worker thread; ``verbose=True``: see the module docstring."""
         llama_cpp = self._llama_module()
         try:
-            llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=_cpu_count(), verbose=False)
+            with _LOAD_LOCK:
+                _quiet(llama_cpp)
+                llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=_cpu_count(), verbose=True)
         except Exception as e:
             raise self._error(
                 ErrorKind.INTERNAL,
@@ -346,6 +362,34 @@ def _make_formatter(llm: Any) -> Any:
         )
     except Exception:
         return None
+
+
+def _quiet(llama_cpp: Any) -> None:
+    """Route llama.cpp's log and llama-cpp-python's verbose prints to logging (DEBUG), once
+    per process, under ``_LOAD_LOCK`` (this replaces the callback importing llama_cpp set)."""
+    global _log_callback
+    if _log_callback is not None:
+        return
+
+    def on_log(level: int, text: bytes | None, user_data: Any) -> None:
+        try:
+            if text and log.isEnabledFor(logging.DEBUG):
+                log.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip("\n"))
+        except Exception:  # never raise into C
+            pass
+
+    _log_callback = llama_cpp.llama_log_callback(on_log)
+    llama_cpp.llama_log_set(_log_callback, None)
+    # Its diagnostics are print(..., file=sys.stderr): a module-level `print` shadows the builtin there.
+    vars(importlib.import_module("llama_cpp.llama"))["print"] = _print_to_log
+
+
+def _print_to_log(*args: object, sep: str | None = " ", end: str | None = "\n", file: Any = None,
+                  flush: bool = False) -> None:
+    if file is not None and file is not sys.stderr and file is not sys.stdout:
+        print(*args, sep=sep, end=end, file=file, flush=flush)  # an explicit file: honour it
+    elif log.isEnabledFor(logging.DEBUG):
+        log.debug("llama-cpp-python: %s", (sep or " ").join(map(str, args)).rstrip("\n"))
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:

@@ -8,18 +8,18 @@ Stream facts handled here (https://platform.openai.com/docs/api-reference/chat-s
   the final chunk. ``choices`` may be empty or null on any chunk.
 - ``reasoning_content`` (Moonshot thinking models, DeepSeek reasoner) or
   ``reasoning`` (OpenRouter, Groq) is thinking text, kept apart from the answer.
-- ``data: {"error": ...}`` after HTTP 200 is an error.
+- ``data: {"error": ...}`` after HTTP 200 is an error, classified by its type;
+  data that is not a JSON object ends the turn (one policy for every wire,
+  :func:`core.providers.http.event_object`).
 Per-model needs (temperature range, ``max_completion_tokens``) come from the
 model's quirk profile, never from tests on its name.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from core.errors import ErrorKind, ParleyError
 from core.providers.base import (
     ChatRequest,
     Chunk,
@@ -30,7 +30,7 @@ from core.providers.base import (
     Usage,
     UsageChunk,
 )
-from core.providers.http import get_json, open_stream, truncated, vendor_error
+from core.providers.http import event_object, get_json, open_stream, truncated, vendor_error
 from core.providers.sse import parse_sse
 
 
@@ -93,17 +93,8 @@ class OpenAIChatWire:
                         yield UsageChunk(usage)
                     yield FinishChunk(finish)
                     return
-                try:
-                    obj = json.loads(data)
-                except ValueError:
-                    raise ParleyError(
-                        ErrorKind.TRUNCATED,
-                        f"{self.endpoint.spec.label} sent a malformed stream chunk.",
-                        provider=self.endpoint.spec.id,
-                    ) from None
-                if not isinstance(obj, dict):
-                    continue
-                if "error" in obj and obj["error"]:
+                obj = event_object(self.endpoint, data)
+                if obj.get("error"):
                     raise vendor_error(self.endpoint, None, obj, model=request.model.id)
                 if obj.get("usage"):
                     usage = _usage(obj["usage"])

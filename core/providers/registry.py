@@ -1,8 +1,14 @@
-"""Provider lookup, wires, defaults and health, all derived from the catalog."""
+"""Provider lookup, wires, defaults and health, all derived from the catalog.
+
+A pause (after an auth or quota failure) belongs to one configuration: the
+provider, its base URL and a fingerprint of its key (a short hash, never the
+key). Fix the key or the base URL and the next turn tries it at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -42,7 +48,7 @@ class Registry:
         self.settings = settings
         self.http = http
         self.store = store
-        self._wires: dict[str, Wire] = {}
+        self._wires: dict[tuple[str, str], Wire] = {}  # (provider, fingerprint) -> wire
         self._health: dict[str, Health] = {}
         self._marks: tuple[float, dict[str, HealthMark]] = (0.0, {})
 
@@ -83,34 +89,57 @@ class Registry:
         return not spec.key_required or self.settings.env(spec.key_env) is not None
 
     def default_provider(self) -> str:
-        """PARLEY_DEFAULT_PROVIDER, else the first keyed provider with a key, else the offline one."""
+        """PARLEY_DEFAULT_PROVIDER, else the first keyed provider with a key, else a keyless
+        provider from the user's config (a local server), else the offline one."""
         if self.settings.default_provider:
             return self.get(self.settings.default_provider).id
-        for spec in self.catalog.providers.values():
+        providers = self.catalog.providers.values()
+        for spec in providers:
             if spec.key_required and self.configured(spec):
                 return spec.id
-        for spec in self.catalog.providers.values():
+        for spec in providers:
+            if spec.origin and not spec.key_required and not spec.offline_default:
+                return spec.id
+        for spec in providers:
             if spec.offline_default:
                 return spec.id
         return next(iter(self.catalog.providers))
 
     # --- wires ------------------------------------------------------------------------
     def endpoint(self, spec: ProviderSpec) -> Endpoint:
-        base = self.settings.env(spec.base_url_env) or spec.base_url or ""
-        return Endpoint(spec=spec, base_url=base, key=self.settings.secret(spec.key_env), http=self.http)
+        from_env = self.settings.env(spec.base_url_env)
+        return Endpoint(
+            spec=spec,
+            base_url=from_env or spec.base_url or "",
+            key=self.settings.secret(spec.key_env),
+            http=self.http,
+            url_setting=spec.url_setting(env_set=from_env is not None),
+        )
+
+    @staticmethod
+    def fingerprint(endpoint: Endpoint) -> str:
+        """A short hash of what a pause belongs to: provider, base URL and key (never the key)."""
+        key = endpoint.key.get_secret_value() if endpoint.key is not None else ""
+        raw = "\0".join((endpoint.spec.id, endpoint.base_url.rstrip("/"), key))
+        return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
     def wire(self, spec: ProviderSpec) -> Wire:
-        """The provider's wire, created once; raises ``not_configured`` without a key."""
+        """The provider's wire for its current configuration; raises ``not_configured`` without a key."""
         if spec.key_required and not self.configured(spec):
+            table = spec.table()
             raise ParleyError(
                 ErrorKind.NOT_CONFIGURED,
-                f"{spec.label} (provider '{spec.id}') is not configured: set {spec.key_env} in the "
-                f"environment or .env, or choose another provider with provider:NAME.",
+                f"{spec.where} is not configured: set {spec.key_env} in the "
+                f"environment or .env"
+                + (f" (or change key_env in {table}, or remove it for a server without keys)" if table else "")
+                + ", or choose another provider with provider:NAME.",
                 provider=spec.id,
             )
-        wire = self._wires.get(spec.id)
+        endpoint = self.endpoint(spec)
+        slot = (spec.id, self.fingerprint(endpoint))
+        wire = self._wires.get(slot)
         if wire is None:
-            wire = self._wires[spec.id] = make_wire(self.endpoint(spec))
+            wire = self._wires[slot] = make_wire(endpoint)
         return wire
 
     async def aclose(self) -> None:
@@ -118,10 +147,17 @@ class Registry:
             await w.aclose()
 
     # --- availability -------------------------------------------------------------------
-    def unavailable(self, spec: ProviderSpec) -> ParleyError | None:
-        """An error to show instead of calling a provider known to be unusable right now."""
+    def _paused(self, spec: ProviderSpec) -> HealthMark | None:
+        """The pause on ``spec``'s current configuration (base URL and key), if any."""
         mark = self._pauses().get(spec.id)
         if mark is None or mark.until <= time.time():
+            return None
+        return mark if mark.fingerprint == self.fingerprint(self.endpoint(spec)) else None
+
+    def unavailable(self, spec: ProviderSpec) -> ParleyError | None:
+        """An error to show instead of calling a provider known to be unusable right now."""
+        mark = self._paused(spec)
+        if mark is None:
             return None
         kind = ErrorKind.AUTH if mark.status == "auth_failed" else ErrorKind.QUOTA_EXHAUSTED
         left = max(0, int(mark.until - time.time()))
@@ -143,16 +179,23 @@ class Registry:
         return marks
 
     def report(self, spec: ProviderSpec, error: ParleyError | None) -> None:
-        """Feed the outcome of a real call into health: auth/quota failures pause the provider."""
+        """Feed the outcome of a real call into health: auth/quota failures pause the
+        provider's current configuration; a success lifts any pause."""
         if error is None:
             if spec.id in self._health and self._health[spec.id].status != "ok":
                 self._health.pop(spec.id, None)
+            if spec.id in self._pauses():
+                self.store.clear_health(spec.id)
+                self._marks = (0.0, {})
             return
         if error.kind in UNAVAILABLE:
-            status = STATUS_FOR_KIND[error.kind]
-            self.store.set_health(spec.id, status, error.message, time.time() + self.settings.cooldown)
-            self._health[spec.id] = Health(spec.id, status, error.message, time.time())
-            self._marks = (0.0, {})
+            self._pause(spec, STATUS_FOR_KIND[error.kind], error.message)
+            self._health[spec.id] = Health(spec.id, STATUS_FOR_KIND[error.kind], error.message, time.time())
+
+    def _pause(self, spec: ProviderSpec, status: str, message: str) -> None:
+        until = time.time() + self.settings.cooldown
+        self.store.set_health(spec.id, status, message, until, self.fingerprint(self.endpoint(spec)))
+        self._marks = (0.0, {})
 
     async def health(self, spec: ProviderSpec, *, force: bool = False) -> Health:
         """Cached health check: ``GET {base}/models`` (or the wire's equivalent)."""
@@ -160,7 +203,8 @@ class Registry:
         if cached and not force and time.time() - cached.checked_at < self.settings.health_ttl:
             return cached
         if not force:
-            mark = self.store.health_marks().get(spec.id)
+            self._marks = (0.0, {})
+            mark = self._paused(spec)
             if mark is not None:
                 return Health(spec.id, mark.status, mark.message, time.time())
         try:
@@ -174,7 +218,7 @@ class Registry:
                 ErrorKind.UNREACHABLE, ErrorKind.TIMEOUT) else "error")
             message = e.message
             if e.kind in UNAVAILABLE:
-                self.store.set_health(spec.id, status, message, time.time() + self.settings.cooldown)
+                self._pause(spec, status, message)
         except TimeoutError:
             status, message = "unreachable", f"{spec.label} did not answer the health check in time."
         h = Health(spec.id, status, message, time.time())

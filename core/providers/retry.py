@@ -7,13 +7,18 @@ context too long. Once text has been yielded the error surfaces instead: the
 user has already seen part of an answer and a retry would repeat it.
 Non-text chunks (usage from ``message_start``) are held back until the first
 text so that a retried attempt is not double counted.
+
+Retries share the turn's deadline (:mod:`core.turn` enforces it around this
+whole stream): ``remaining()`` says how much of it is left, and a wait that
+would not fit is not started. An error given up on after several attempts
+says what was tried: ``(after 3 attempts: overloaded, overloaded, timeout)``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from core.errors import ParleyError
@@ -37,14 +42,27 @@ class RetryPolicy:
         return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
 
 
+def attempts_note(kinds: Sequence[str]) -> str:
+    """``(after 3 attempts: overloaded, overloaded, timeout)``; empty for a single attempt."""
+    return f"(after {len(kinds)} attempts: {', '.join(kinds)})" if len(kinds) > 1 else ""
+
+
+def given_up(error: ParleyError, earlier: Sequence[ParleyError]) -> ParleyError:
+    """``error``, ending a run of attempts that failed with ``earlier``, saying so."""
+    note = attempts_note([*(str(e.kind) for e in earlier), str(error.kind)])
+    return error.noted(note) if note else error
+
+
 async def stream_with_retries(
     wire: Wire,
     request: ChatRequest,
     policy: RetryPolicy,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     on_retry: Callable[[int, ParleyError, float], None] | None = None,
-) -> AsyncIterator[Chunk]:
+    remaining: Callable[[], float] | None = None,
+) -> AsyncGenerator[Chunk, None]:
     attempt = 0
+    failed: list[ParleyError] = []
     while True:
         attempt += 1
         held: list[Chunk] = []
@@ -67,8 +85,9 @@ async def stream_with_retries(
             if started:
                 raise
             wait = policy.delay(attempt, err)
-            if wait is None:
-                raise
+            if wait is None or (remaining is not None and wait >= remaining()):
+                raise given_up(err, failed) from None
+            failed.append(err)
             if on_retry:
                 on_retry(attempt, err, wait)
             await sleep(wait)

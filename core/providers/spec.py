@@ -71,6 +71,8 @@ class ProviderSpec(BaseModel):
     offline_default: bool = False
     docs: str | None = None
     notes: str | None = None
+    #: The user's config file when this row is (or changes) a provider there; set by the loader.
+    origin: str | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
     def _default_model_known(self) -> ProviderSpec:
@@ -79,7 +81,36 @@ class ProviderSpec(BaseModel):
                 f"default_model '{self.default_model}' is not one of its models "
                 f"({', '.join(self.models)})"
             )
+        if not self.key_env:  # a local server (llama-server, Ollama) needs no key
+            self.key_required = False
         return self
+
+    @property
+    def where(self) -> str:
+        """How messages name the provider: its label, then its id."""
+        return f"{self.label} (provider '{self.id}')"
+
+    def table(self) -> str | None:
+        """``the [providers.ID] table of FILE`` for a provider from the user's config."""
+        return f"the [providers.{self.id}] table of {self.origin}" if self.origin else None
+
+    def key_fix(self) -> str:
+        """The sentence that says where the key comes from, for a rejected or missing key."""
+        table = self.table()
+        if self.key_env:
+            return f"Check {self.key_env}" + (f" (or key_env in {table})." if table else ".")
+        if table:
+            return f'{table[0].upper()}{table[1:]} names no key_env: add key_env = "NAME" there and set NAME.'
+        return "Check the provider's credentials."
+
+    def url_setting(self, *, env_set: bool) -> str:
+        """What to check when the base URL is wrong: the variable in effect, else the config table."""
+        table = self.table()
+        if self.base_url_env and (env_set or table is None):
+            return self.base_url_env
+        if table:
+            return f"base_url in {table}" + (f" (or set {self.base_url_env})" if self.base_url_env else "")
+        return "the provider's base_url in PARLEY_CONFIG"
 
 
 class Catalog(BaseModel):

@@ -3,8 +3,10 @@
 Follows the WHATWG event-stream rules that matter to LLM APIs: ``event:`` and
 ``data:`` fields, multi-line data joined with ``\\n``, ``:`` comment lines
 (DeepSeek's ``: keep-alive``, OpenRouter's ``: OPENROUTER PROCESSING``) ignored,
-an event dispatched on a blank line. A bare JSON line (some gateways send an
-error body without ``data:``) is treated as data.
+an event dispatched on a blank line, and never one whose data is empty. A bare
+JSON line (some gateways send an error body without ``data:``) is treated as
+data. What the data must be is the wires' business
+(:func:`core.providers.http.event_object`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ async def parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[SSEEvent]:
     async for raw in lines:
         line = raw.rstrip("\r\n")
         if not line:
-            if data:
+            if data and (len(data) > 1 or data[0]):
                 yield SSEEvent(event or "message", "\n".join(data))
             event, data = "", []
             continue
@@ -43,5 +45,5 @@ async def parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[SSEEvent]:
         elif field == "event":
             event = value
         # id: and retry: are irrelevant for one-shot completions.
-    if data:  # a final event without its blank line
+    if data and (len(data) > 1 or data[0]):  # a final event without its blank line
         yield SSEEvent(event or "message", "\n".join(data))

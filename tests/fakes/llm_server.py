@@ -8,6 +8,12 @@
   ``message_stop``, ``ping``, ``event: error`` after 200).
 - ``GET /v1/models``: OpenAI/Anthropic-style model list (health checks).
 
+Faults, per scenario: keep-alives forever and never a token (``keepalive_forever``),
+accept and never answer (``no_response``), an error object inside the 200 stream
+(``error_after_chunks`` + ``stream_error``), raw bytes injected into the stream
+(``inject`` at ``inject_at``: malformed JSON, ``data: 42``, :func:`huge_text_event`),
+a web page instead of a stream (``html``), an empty answer (``text=""``).
+
 Behaviour per request comes from a :class:`Scenario`, chosen by the request's
 ``model`` (``server.scenarios[model]``) or ``server.default``.
 """
@@ -48,9 +54,27 @@ class Scenario:
     drop_after_chunks: int | None = None
     no_terminator: bool = False
     hang: bool = False
+    #: After the headers (and Anthropic's message_start), a comment / ``event: ping``
+    #: every ``keepalive_interval`` seconds, and never a token.
+    keepalive_forever: bool = False
+    keepalive_interval: float = 0.05
+    #: After this many chunks, keep-alives forever and no more text.
+    stall_after_chunks: int | None = None
+    #: Accept the request and never send even the status line.
+    no_response: bool = False
+    #: Raw bytes written before chunk ``inject_at`` (then the stream goes on as usual).
+    inject: bytes = b""
+    inject_at: int = 0
+    #: A 200 ``text/html`` page (a captive portal or a wrong base URL) instead of a stream.
+    html: bool = False
     echo: bool = False
     finish_reason: str = "stop"
     served: int = 0  # requests seen (for fail_first)
+
+    @property
+    def stop_reason(self) -> str:
+        """``finish_reason`` in Anthropic's words."""
+        return {"stop": "end_turn", "length": "max_tokens"}.get(self.finish_reason, self.finish_reason)
 
     def delay(self) -> float:
         if self.tokens_per_second:
@@ -135,6 +159,11 @@ class FakeLLMServer:
         self.requests.append(RecordedRequest(request.path, dict(request.headers), body, time.time()))
         sc = self.scenarios.get(str(body.get("model")), self.default)
         sc.served += 1
+        if sc.no_response:
+            await self._hang()  # until the server stops
+            return body, sc, web.Response(status=503)
+        if sc.html:
+            return body, sc, web.Response(status=200, text=CAPTIVE_PORTAL, content_type="text/html")
         if sc.http_error and (sc.fail_first is None or sc.served <= sc.fail_first):
             status, payload, headers = sc.http_error
             text = payload if isinstance(payload, str) else json.dumps(payload)
@@ -173,6 +202,18 @@ class FakeLLMServer:
         if request.transport is not None:
             request.transport.abort()
 
+    async def _keepalive(self, resp: web.StreamResponse, sc: Scenario, frame: bytes) -> None:
+        """Keep the connection busy without ever sending a token (until the client leaves)."""
+        stop = asyncio.Event()
+        self._hanging.add(stop)
+        try:
+            while not stop.is_set():
+                await resp.write(frame)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), sc.keepalive_interval)
+        finally:
+            self._hanging.discard(stop)
+
     # --- OpenAI ----------------------------------------------------------------------------------
     async def _openai(self, request: web.Request) -> web.StreamResponse:
         body, sc, error = await self._begin(request)
@@ -199,6 +240,9 @@ class FakeLLMServer:
                      "total_tokens": prompt + completion,
                      "prompt_tokens_details": {"cached_tokens": sc.cached_tokens}}
         try:
+            if sc.keepalive_forever:
+                await self._keepalive(resp, sc, b": keep-alive\n\n")
+                return resp
             for c in sc.comments:
                 await resp.write(f"{c}\n\n".encode())
             if sc.first_token_delay:
@@ -217,6 +261,11 @@ class FakeLLMServer:
                     return resp
                 if i and delay:
                     await asyncio.sleep(delay)
+                if sc.stall_after_chunks is not None and i >= sc.stall_after_chunks:
+                    await self._keepalive(resp, sc, b": keep-alive\n\n")
+                    return resp
+                if sc.inject and i == sc.inject_at:
+                    await resp.write(sc.inject)
                 await resp.write(frame({"content": c}))
                 if sc.empty_choice_chunks:
                     await resp.write(b'data: {"id":"x","choices":[]}\n\n')
@@ -271,6 +320,9 @@ class FakeLLMServer:
                 idx = 1
             await resp.write(ev("content_block_start", {"type": "content_block_start", "index": idx,
                                                         "content_block": {"type": "text", "text": ""}}))
+            if sc.keepalive_forever:
+                await self._keepalive(resp, sc, ev("ping", {"type": "ping"}))
+                return resp
             await resp.write(ev("ping", {"type": "ping"}))
             delay = sc.delay()
             for i, c in enumerate(chunks):
@@ -283,11 +335,16 @@ class FakeLLMServer:
                     return resp
                 if i and delay:
                     await asyncio.sleep(delay)
+                if sc.stall_after_chunks is not None and i >= sc.stall_after_chunks:
+                    await self._keepalive(resp, sc, ev("ping", {"type": "ping"}))
+                    return resp
+                if sc.inject and i == sc.inject_at:
+                    await resp.write(sc.inject)
                 await resp.write(ev("content_block_delta", {"type": "content_block_delta", "index": idx,
                                                             "delta": {"type": "text_delta", "text": c}}))
             await resp.write(ev("content_block_stop", {"type": "content_block_stop", "index": idx}))
             await resp.write(ev("message_delta", {"type": "message_delta",
-                                                  "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                                  "delta": {"stop_reason": sc.stop_reason, "stop_sequence": None},
                                                   "usage": {"output_tokens": completion}}))
             if not sc.no_terminator:
                 await resp.write(ev("message_stop", {"type": "message_stop"}))
@@ -301,6 +358,23 @@ class FakeLLMServer:
         body = self.models_body or {"object": "list", "data": [
             {"id": m, "object": "model", "type": "model"} for m in (self.scenarios or {"fake-model": None})]}
         return web.Response(status=self.models_status, text=json.dumps(body), content_type="application/json")
+
+
+CAPTIVE_PORTAL = (
+    "<!doctype html><html><head><title>Sign in to the network</title></head>"
+    "<body><form action='/login'>Accept the terms to continue</form></body></html>"
+)
+
+
+def huge_text_event(wire: str, chars: int) -> bytes:
+    """One SSE event carrying ``chars`` characters of answer on one line, in ``wire``'s shape."""
+    text = "x" * chars
+    if wire == "anthropic_messages":
+        obj: dict[str, Any] = {"type": "content_block_delta", "index": 0,
+                               "delta": {"type": "text_delta", "text": text}}
+        return f"event: content_block_delta\ndata: {json.dumps(obj)}\n\n".encode()
+    obj = {"id": "chatcmpl-fake", "choices": [{"index": 0, "delta": {"content": text}}]}
+    return f"data: {json.dumps(obj)}\n\n".encode()
 
 
 @contextlib.contextmanager

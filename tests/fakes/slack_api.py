@@ -79,6 +79,7 @@ class FakeSlackAPI:
         self.fail_next: dict[str, str] = {}
         self.archived: set[str] = set()  # channels whose chat.* calls answer is_archived
         self.auth_error: str | None = None
+        self.delays: dict[str, float] = {}  # seconds a method takes to answer (to widen races)
         self._windows: dict[tuple[str, str], deque[float]] = defaultdict(deque)
         self._ts = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -210,6 +211,8 @@ class FakeSlackAPI:
         elif request.can_read_body:
             args.update(dict(parse_qsl(await request.text())))
         call = Call(method, args, time.monotonic())
+        if method in self.delays:
+            await asyncio.sleep(self.delays[method])
         token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() or args.get("token")
         if method == "apps.connections.open":
             if token != self.app_token:

@@ -72,3 +72,30 @@ ANTHROPIC_STREAM_OVERLOADED = {"type": "error", "error": {"type": "overloaded_er
 
 def deepseek_insufficient_balance() -> Err:
     return 402, {"error": {"message": "Insufficient Balance", "type": "unknown_error", "param": None, "code": "invalid_request_error"}}, {}
+
+
+def anthropic_credit_balance() -> Err:
+    return 400, {"type": "error", "error": {"type": "invalid_request_error", "message": "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."}}, {}
+
+
+def anthropic_permission() -> Err:
+    return 403, {"type": "error", "error": {"type": "permission_error", "message": "Your API key does not have permission to use the specified resource."}}, {}
+
+
+def openai_unsupported_region() -> Err:
+    return 403, {"error": {"code": "unsupported_country_region_territory", "message": "Country, region, or territory not supported", "param": None, "type": "request_forbidden"}}, {}
+
+
+# Error objects sent inside a 200 event stream (no HTTP status to go by), per wire.
+STREAM_ERRORS: dict[str, dict[str, dict[str, Any]]] = {
+    "openai_chat": {
+        "server": {"error": {"message": "The server had an error while processing your request. Sorry about that!", "type": "server_error", "param": None, "code": None}},
+        "rate": {"error": {"message": "Rate limit reached for requests", "type": "requests", "param": None, "code": "rate_limit_exceeded"}},
+        "quota": {"error": {"message": "You exceeded your current quota, please check your plan and billing details.", "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}},
+    },
+    "anthropic_messages": {
+        "server": {"type": "error", "error": {"type": "api_error", "message": "Internal server error"}},
+        "rate": {"type": "error", "error": {"type": "rate_limit_error", "message": "Number of request tokens has exceeded your per-minute rate limit"}},
+        "quota": {"type": "error", "error": {"type": "invalid_request_error", "message": "Your credit balance is too low to access the Anthropic API."}},
+    },
+}

@@ -1,0 +1,64 @@
+"""The store's writer thread and instance ownership."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from core.store import HOST, Store
+
+
+def test_writes_never_wait_for_another_processs_lock(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    other = sqlite3.connect(tmp_path / "s.db", timeout=10, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process is writing, for a while
+    release = threading.Timer(1.5, other.commit)
+    release.start()
+    try:
+        t0 = time.monotonic()
+        did = store.start_discussion(mode="single", command="ask", prompt="q", options={}, conversation=None,
+                                     front_end="cli")
+        for i in range(20):
+            store.update_post_text(store.record_post(did, None, "cli", "x", "{}"), f"text {i}")
+        store.finish_discussion(did, "finished", 0.5)
+        queued = time.monotonic() - t0
+    finally:
+        release.join()
+        other.close()
+    assert queued < 0.5  # the calls queue; the lock holds for 1.5 s (a generous margin)
+    assert store.discussion(did)["status"] == "finished"  # a read waits for this process's own writes
+    assert len(store.posts(did)) == 20
+    store.close()
+
+
+def test_the_heartbeat_beats_however_busy_the_writer_is(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db", lease=0.3)  # a beat every 0.1 s
+    first = store.db.execute("select heartbeat from instances where id = ?", [store.instance_id]).fetchone()[0]
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:  # never idle for a whole beat interval
+        for _ in range(100):
+            store.set_meta("k", str(time.monotonic()))
+        time.sleep(0.03)
+    last = store.db.execute("select heartbeat from instances where id = ?", [store.instance_id]).fetchone()[0]
+    assert last - first >= 0.5
+    assert store.instance_id in store.live_owners()
+    store.close()
+
+
+def test_an_owner_is_gone_when_its_heartbeat_is_stale_or_its_process_is_gone(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db", lease=30)
+    now = time.time()
+    dead_pid = 2**22 + 12345  # above the default pid_max: no such process
+    rows = [
+        {"id": "stale", "host": "elsewhere", "pid": 1, "started_at": "", "heartbeat": now - 60},
+        {"id": "remote", "host": "elsewhere", "pid": dead_pid, "started_at": "", "heartbeat": now},
+        {"id": "dead-here", "host": HOST, "pid": dead_pid, "started_at": "", "heartbeat": now},
+    ]
+    store.writer.call(lambda db: db.table("instances").insert_all(rows))
+    assert store.live_owners() == {store.instance_id, "remote"}  # another host's pid is not checkable here
+    store.close()
+    again = Store(tmp_path / "s.db")
+    assert store.instance_id not in again.live_owners()  # a closed store leaves the table
+    again.close()
