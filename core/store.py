@@ -101,24 +101,28 @@ class Store:
 
     # --- schema -------------------------------------------------------------
     def migrate(self) -> list[str]:
-        """Apply what is missing, under one write lock: processes starting together on a
-        fresh database wait for one another instead of failing with "database is locked"."""
+        """Apply what is missing, all or nothing, under one write lock: processes starting
+        together on a fresh database wait for one another instead of failing with
+        "database is locked", and a migration that fails leaves no half-made schema."""
         db = self._db
-        db.conn.execute("BEGIN IMMEDIATE")
         conn = db.conn
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            db.table("_migrations").create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
-            done = {r["name"] for r in db.table("_migrations").rows}
+            # Raw statements only: sqlite-utils' insert() commits, which would end the
+            # transaction after the first migration.
+            conn.execute("create table if not exists _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+            done = {r[0] for r in conn.execute("select name from _migrations")}
             applied = []
             for fn in MIGRATIONS:
                 if fn.__name__ in done:
                     continue
                 fn(db)
-                db.table("_migrations").insert({"name": fn.__name__, "applied_at": now_iso()})
+                conn.execute("insert into _migrations (name, applied_at) values (?, ?)", [fn.__name__, now_iso()])
                 applied.append(fn.__name__)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         return applied
 

@@ -380,3 +380,26 @@ def test_migration_names_are_unique_and_numbered_in_order() -> None:
     # append-only: m001_…, m002_…, … so that a migration inserted or reordered shows up here
     assert [re.match(r"m(\d{3})_\w+$", n) is not None for n in NAMES] == [True] * len(NAMES)
     assert [int(n[1:4]) for n in NAMES] == list(range(1, len(NAMES) + 1))
+
+
+def test_a_failing_migration_leaves_no_half_made_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """All pending migrations apply in one transaction: if one fails, none is applied,
+    and the next start (with the fault fixed) applies them all."""
+    import core.store
+
+    def m999_broken(db: sqlite_utils.Database) -> None:
+        db.table("half_made").create({"id": int}, pk="id")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(core.store, "MIGRATIONS", [*MIGRATIONS, m999_broken])
+    path = tmp_path / "p.db"
+    with pytest.raises(RuntimeError, match="disk full"):
+        Store(path)
+    db = sqlite_utils.Database(path)
+    assert db.table_names() == []  # not even the migrations that worked, nor half of the broken one
+    db.conn.close()
+    monkeypatch.setattr(core.store, "MIGRATIONS", MIGRATIONS)
+    store = Store(path)
+    assert [r["name"] for r in store.db.query("select name from _migrations order by rowid")] == NAMES
+    assert schema(store.db) == EXPECTED_SCHEMA
+    store.close()
