@@ -17,6 +17,7 @@ from bots.cli import load_front_end
 from core.config import Settings
 from core.errors import UsageError
 from core.services import build_services
+from core.threads import run_service
 
 #: The long-running chat front-ends, in start order.
 CHAT_FRONT_ENDS = ("slack", "discord")
@@ -39,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"parley: starting {' and '.join(chat)} (Ctrl-C to stop)")
     try:
-        asyncio.run(serve_all())
+        run_service(serve_all())
     except KeyboardInterrupt:
         return 0
     except ExceptionGroup as group:

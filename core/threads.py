@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,3 +190,35 @@ async def _prepend(first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[Ev
     yield first
     async for ev in rest:
         yield ev
+
+
+def run_service(main: Coroutine[Any, Any, Any]) -> None:
+    """Run a long-lived front-end until it ends, Ctrl-C (KeyboardInterrupt, as
+    ``asyncio.run`` raises it) or SIGTERM (what ``docker stop`` and systemd send): both
+    cancel it, so requests shut down as on Ctrl-C (replies say they were interrupted,
+    within their grace) instead of vanishing mid-write."""
+
+    async def guarded() -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        stopping = False
+
+        def stop() -> None:
+            nonlocal stopping
+            stopping = True
+            if task is not None:
+                task.cancel()
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
+            loop.add_signal_handler(signal.SIGTERM, stop)
+        try:
+            await main
+        except asyncio.CancelledError:
+            if not stopping:
+                raise
+            log.info("stopped by SIGTERM")
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGTERM)
+
+    asyncio.run(guarded())

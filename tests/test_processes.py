@@ -238,3 +238,30 @@ async def test_two_slack_processes_share_a_database_and_only_a_dead_ones_runs_ar
     assert db_rows(db, "select d.prompt, p.ref from posts p join discussions d on d.id = p.discussion_id where p.open = 1") == []
     owners = db_rows(db, "select count(distinct owner) from discussions")
     assert owners == [(2,)]
+
+
+async def test_sigterm_stops_a_slack_process_gracefully(
+    two_apps: tuple[FakeLLMServer, FakeSlackAPI, dict[str, str]], tmp_path: Path
+) -> None:
+    """`docker stop` sends SIGTERM: the replies being written say they were interrupted
+    (keeping their text), the store says so, and the process exits promptly and cleanly."""
+    llm, slack, env = two_apps
+    llm.default = Scenario(text="steady " * 400, chunk_chars=7, chunk_delay=0.02)  # ~8 s per answer
+    async with aiohttp.ClientSession() as http:
+        app = SlackProcess(env, tmp_path / "a.log")
+        try:
+            await app.ready(http)
+            await slash(http, app.url, env["SLACK_SIGNING_SECRET"], slack, "C1", "providers:one,two Long?")
+            await slack.wait_for(lambda: slack.parents("C1") and sum(
+                "steady steady" in t for t in replies(slack, "C1")) == 2, within=20)
+            app.proc.send_signal(signal.SIGTERM)
+            rc = await asyncio.to_thread(app.proc.wait, 15)
+        finally:
+            app.stop()
+    assert rc == 0, app.log.read_text()
+    answers = [t for t in replies(slack, "C1") if "`one/one-m`" in t or "`two/two-m`" in t]
+    assert len(answers) == 2 and all("Interrupted" in t and "steady steady" in t for t in answers)
+    db = env["PARLEY_DB"]
+    assert db_rows(db, "select status from discussions") == [("interrupted",)]
+    assert sorted(db_rows(db, "select status, error_kind from turns")) == [("failed", "interrupted")] * 2
+    assert "Traceback" not in app.log.read_text()

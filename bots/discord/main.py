@@ -27,6 +27,7 @@ from core.commands import COMMANDS
 from core.config import Settings
 from core.errors import UsageError
 from core.services import Services
+from core.threads import run_service
 
 log = logging.getLogger("parley.discord")
 
@@ -109,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             async with build_services(Settings()) as services:
                 await serve(services, settings)
 
-        asyncio.run(go())
+        run_service(go())
     except KeyboardInterrupt:
         return 0
     except UsageError as e:

@@ -22,6 +22,7 @@ from bots.slack.manifest import EVENTS_PATH, manifest
 from core.config import Settings
 from core.errors import UsageError
 from core.services import Services
+from core.threads import run_service
 
 log = logging.getLogger("parley.slack")
 
@@ -98,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             await serve(services, slack, port=args.port)
 
     try:
-        asyncio.run(go())
+        run_service(go())
     except KeyboardInterrupt:
         pass
     except UsageError as e:
