@@ -56,13 +56,20 @@ def render(
     *,
     styles: dict[Style, Callable[[str], str]],
     escape: Callable[[str], str] = lambda s: s,
+    escape_code: Callable[[str], str] | None = None,
     bullet: str = "• ",
     indent: str = "    ",
 ) -> str:
-    """A Doc as text: each span escaped, then styled by the front-end's ``styles``."""
+    """A Doc as text: each span escaped, then styled by the front-end's ``styles``.
+    ``escape_code`` (default: ``escape``) is for code spans, where a markup's own
+    escapes would show literally."""
+    code_escape = escape if escape_code is None else escape_code
     out = []
     for ln in doc:
-        text = "".join(styles.get(s.style, _same)(escape(s.text)) for s in ln.spans)
+        text = "".join(
+            styles.get(s.style, _same)(code_escape(s.text) if s.style == "code" else escape(s.text))
+            for s in ln.spans
+        )
         out.append(indent * ln.indent + (bullet if ln.bullet else "") + text)
     return "\n".join(out)
 

@@ -766,3 +766,13 @@ async def test_discussions_are_capped_per_person_and_the_place_is_given_back(rig
     await rig.run(lambda: rig.interaction("ask", {"prompt": "hi", "provider": "one"}))
     assert len(rig.thread_ids()) == 1
     assert rig.front.admission.running == 0  # the finished discussion gave its place back
+
+
+def test_text_parley_did_not_write_never_becomes_discord_markup() -> None:
+    from bots.discord.format import doc_to_markdown
+    from core.present import code, line, strong
+
+    doc = [line(strong("Total"), ": quota_exhausted — Top up *now* at ~~old~~ page"), line(code("gpt_4_o`x"), " ok")]
+    text = doc_to_markdown(doc)
+    assert text.splitlines()[0] == r"**Total**: quota\_exhausted — Top up \*now\* at \~\~old\~\~ page"
+    assert text.splitlines()[1] == "`gpt_4_oˋx` ok"  # inside code only a backtick is changed

@@ -29,7 +29,14 @@ NO_MENTIONS = discord.AllowedMentions.none()
 
 def doc_to_markdown(doc: Iterable[present.Line]) -> str:
     """Core's structured text in Discord markdown: ``**bold**`` and backtick code."""
-    return present.render(doc, styles={"strong": lambda s: f"**{s}**", "code": lambda s: f"`{s}`"})
+    return present.render(
+        doc,
+        styles={"strong": lambda s: f"**{s}**", "code": lambda s: f"`{s}`"},
+        # Text Parley did not write (a provider's error, a model id with underscores)
+        # must not turn into markup; inside code, only a backtick could end the span.
+        escape=discord.utils.escape_markdown,
+        escape_code=lambda s: s.replace("`", "ˋ"),
+    )
 
 
 def header(turn: TurnInfo, part: int = 1) -> str:
