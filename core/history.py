@@ -13,7 +13,7 @@ from core.commands import Request
 from core.personas import NEUTRAL
 from core.plan import Panelist, Planner, Run
 from core.providers.base import Message
-from core.store import PastDiscussion
+from core.records import PastDiscussion
 from core.usage import estimate_tokens
 
 if TYPE_CHECKING:

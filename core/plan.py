@@ -18,7 +18,7 @@ from core.events import RankEntry, TurnFailed, TurnFinished, TurnInfo
 from core.personas import NEUTRAL, Persona
 from core.providers.base import Message
 from core.providers.spec import ModelSpec, ProviderSpec
-from core.store import PastDiscussion, new_id
+from core.records import PastDiscussion, new_id
 
 if TYPE_CHECKING:
     from core.config import Settings

@@ -21,8 +21,6 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,42 +30,10 @@ from core.dbwriter import Writer, connect
 from core.errors import ErrorKind, redact
 from core.events import ErrorInfo, TurnInfo, TurnUsage
 from core.migrations import MIGRATIONS
+from core.records import HealthMark, PastDiscussion, PastTurn, new_id, now_iso
 
 HOST = socket.gethostname()
 INTERRUPTED = "Interrupted: Parley restarted while this discussion was running. Ask again to rerun it."
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex[:12]
-
-
-@dataclass(slots=True)
-class HealthMark:
-    status: str
-    message: str
-    until: float
-    fingerprint: str | None = None  # the configuration paused (core.providers.registry)
-
-
-@dataclass(slots=True)
-class PastTurn:
-    persona: str | None
-    provider: str
-    model: str
-    stage: str
-    text: str
-
-
-@dataclass(slots=True)
-class PastDiscussion:
-    id: str
-    mode: str
-    prompt: str
-    turns: list[PastTurn]
 
 
 def _pid_alive(pid: int) -> bool:

@@ -21,7 +21,8 @@ from core.providers.wires import make_wire
 if TYPE_CHECKING:
     from core.config import Settings
     from core.providers.base import HTTPClient
-    from core.store import HealthMark, Store
+    from core.records import HealthMark
+    from core.store import Store
 
 #: Status names shown by ``parley providers`` (the issue's contract).
 STATUS_FOR_KIND = {
