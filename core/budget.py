@@ -110,6 +110,11 @@ class TokenBucket:
         """``n`` more messages will need a final operation from this bucket (negative: released).
         A plain bucket keeps no reserve; :class:`WindowBudget` does."""
 
+    def idle(self) -> bool:
+        """Nothing would differ in a new bucket: no waiter, no pause, full again. A map of
+        per-channel buckets may drop an idle one and make it anew when needed."""
+        return self.available() and self.tokens >= self.capacity
+
     def pause(self, seconds: float) -> None:
         """After a 429: nothing is granted for ``seconds``, and the bucket restarts empty."""
         self.paused_until = max(self.paused_until, self.clock() + seconds)
@@ -197,6 +202,11 @@ class WindowBudget(TokenBucket):
                 self.credit -= 1
             return True
         return False
+
+    def idle(self) -> bool:
+        """No claim, no waiter, no pause, and nothing spent within the window."""
+        spent = bool(self.stamps) and self.stamps[-1] > self.clock() - self.window
+        return self.claims == 0 and not spent and self.available()
 
     def available(self) -> bool:
         now = self.clock()

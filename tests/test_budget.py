@@ -126,3 +126,23 @@ def test_rank_puts_finals_before_progress_and_stale_before_fresh() -> None:
     assert rank(True, 0.0) < rank(True, now) < rank(True, now + 1000) < 1.0
     assert 1.0 == rank(False, 0.0) < rank(False, now) < rank(False, now + 1000)
     assert rank(True, now + 1e12) < 1.0 <= rank(False, 0.0)  # the age term never mixes the classes
+
+
+def test_a_bucket_is_idle_only_when_a_new_one_would_be_the_same() -> None:
+    clock = Clock()
+    w = WindowBudget(4, 1.0, latency=0.0, clock=clock)
+    assert w.idle()
+    assert w.try_acquire(0.0) and not w.idle()  # spent within the window
+    clock.advance(1.0)
+    assert w.idle()
+    w.claim(1)
+    assert not w.idle()  # a message still needs its final from this budget
+    w.claim(-1)
+    w.pause(2.0)
+    assert not w.idle()  # paused after a 429
+    clock.advance(2.0)
+    assert w.idle()
+    b = TokenBucket(2.0, 2, clock=clock)
+    assert b.try_acquire() and not b.idle()  # not full again yet
+    clock.advance(0.5)
+    assert b.idle()

@@ -122,7 +122,7 @@ class ChannelBudgets:
         now = self.clock()
         if now - self._swept >= self.window:
             self._swept = now
-            for idle in [c for c, b in self.channels.items() if c != channel_id and _idle(b, now)]:
+            for idle in [c for c, b in self.channels.items() if c != channel_id and b.idle()]:
                 del self.channels[idle]
         bucket = self.channels.get(channel_id)
         if bucket is None:
@@ -130,9 +130,3 @@ class ChannelBudgets:
                 self.limit, self.window, f"channel:{channel_id}", clock=self.clock
             )
         return bucket
-
-
-def _idle(bucket: WindowBudget, now: float) -> bool:
-    """Nothing would change if this bucket were made anew (``available`` also means no waiter, no pause)."""
-    spent = bool(bucket.stamps) and bucket.stamps[-1] > now - bucket.window
-    return bucket.claims == 0 and not spent and bucket.available()

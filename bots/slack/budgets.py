@@ -76,15 +76,6 @@ class IdleMap(Generic[K, V]):
         return iter(list(self._held.keys()))
 
 
-def bucket_idle(bucket: TokenBucket) -> bool:
-    """Nothing waits, nothing is paused, and the bucket is as full as a new one."""
-    if not bucket.available():
-        return False
-    if isinstance(bucket, WindowBudget):
-        return bucket.claims == 0 and (not bucket.stamps or bucket.stamps[-1] <= bucket.clock() - bucket.window)
-    return bucket.tokens >= bucket.capacity
-
-
 def tier_bucket(
     per_minute: int, name: str, window: float = 60.0, clock: Callable[[], float] = time.monotonic
 ) -> WindowBudget:
@@ -114,7 +105,7 @@ class WorkspaceBudgets:
         for method, n in self.limits.items():
             self.buckets[method] = tier_bucket(n, method, self.window, self.clock)
         rate, clock = self.post_rate * 0.95, self.clock
-        self.channels = IdleMap(lambda ch: TokenBucket(rate, 1, name=f"post:{ch}", clock=clock), bucket_idle)
+        self.channels = IdleMap(lambda ch: TokenBucket(rate, 1, name=f"post:{ch}", clock=clock), TokenBucket.idle)
 
     def __getitem__(self, method: str) -> WindowBudget:
         return self.buckets[method]
@@ -135,6 +126,6 @@ class WorkspaceBudgets:
         return (
             self.live_streams == 0
             and self.streams_enabled
-            and all(bucket_idle(b) for b in self.buckets.values())
+            and all(b.idle() for b in self.buckets.values())
             and self.channels.quiet()
         )
