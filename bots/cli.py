@@ -3,7 +3,8 @@ come from the one command table; ``console``, ``slack`` and ``discord`` start
 the long-running front-ends.
 
 Exit status: 0 on success, 1 when a turn or discussion failed, 2 for a usage
-error (bad option, unknown provider or persona, missing configuration).
+error (bad option, unknown provider or persona, missing configuration), 3 when
+policy or a budget refused the request (nothing was sent to any provider).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from core import info
 from core.commands import COMMANDS, parse
 from core.config import Settings
 from core.errors import ParleyError, UsageError
+from core.governance import Refused
+from core.governance.scope import local_caller
 from core.present import plain
 from core.services import build_services
 
@@ -43,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         if c.takes_prompt:
             sp.add_argument("text", nargs="*", help="options key:value, then the question")
             sp.add_argument("--conversation", help="continue a conversation: earlier turns are context")
+        elif c.actions:
+            actions = "|".join(a.name for a in c.actions)
+            sp.add_argument("text", nargs="*", help=f"{actions}, then options key:value (and NAME or KEY)")
         if c.name != "help":
             sp.add_argument("--json", action="store_true", help="newline-delimited JSON events / rows")
         if c.name == "providers":
@@ -67,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cmd in FRONT_ENDS:
             return _front_end(cmd, getattr(args, "args", []))
         return asyncio.run(_run(cmd, args))
+    except Refused as e:
+        print(f"parley: {e.message}", file=sys.stderr)
+        return 3
     except UsageError as e:
         print(f"parley: {e.message}", file=sys.stderr)
         return 2
@@ -110,26 +119,27 @@ def _front_end(name: str, rest: list[str]) -> int:
 
 async def _run(cmd: str, args: argparse.Namespace) -> int:
     settings = Settings()
-    spec = COMMANDS[cmd]
-    request = None
-    if spec.takes_prompt:
-        request = parse(cmd, " ".join(args.text), max_prompt_chars=settings.max_prompt_chars,
-                        max_turns=settings.max_turns)
+    request = parse(cmd, " ".join(getattr(args, "text", None) or []), max_prompt_chars=settings.max_prompt_chars,
+                    max_turns=settings.max_turns)
+    caller = local_caller("cli")
     async with build_services(settings) as services:
         services.store.mark_interrupted(["cli"])  # runs of `parley` processes that died (kill -9)
-        if request is None:
-            answer = await info.answer(services, cmd, check=getattr(args, "check", False))
+        if request.mode is None:
+            answer = await info.answer(services, request, caller=caller, check=getattr(args, "check", False))
             if getattr(args, "json", False):
                 for r in answer.rows:
                     print(json.dumps(r))
             else:
                 print(plain(answer.doc))
             return 0
-        events = services.engine.run(request, conversation=args.conversation, front_end="cli")
+        grant = await services.governance.admit(request, caller, conversation=args.conversation)
+        for alert in grant.alerts:
+            print(f"parley: {alert}", file=sys.stderr)
+        events = services.engine.run(grant.request, conversation=args.conversation, front_end="cli", grant=grant)
         try:
             if args.json:
                 return await print_json_events(events)
-            return await print_plain(events, stream_single=request.mode == "single")
+            return await print_plain(events, stream_single=grant.request.mode == "single")
         except BrokenPipeError:  # `parley ask … | head`: stop the discussion, record it as interrupted
             await events.aclose()
             _quiet_stdout()

@@ -28,8 +28,31 @@ class Option:
     kind: Literal["str", "list", "float", "int"]
     help: str
     aliases: tuple[str, ...] = ()
-    #: What the value names, for autocomplete: "persona", "provider", "model" or None.
+    #: What the value names, for autocomplete: "persona", "provider", "model", "panel" or None.
     completes: str | None = None
+    #: The range of a number (inclusive); ``None``: unbounded on that side.
+    lo: float | None = None
+    hi: float | None = None
+    #: The only values a ``str`` option takes (offered as choices in Discord).
+    choices: tuple[str, ...] = ()
+
+
+#: What an action takes after its options: a NAME (a saved panel), a SECRET (a provider
+#: key: never echoed, never stored in clear) or nothing.
+Takes = Literal["name", "secret"] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One sub-command of an administrative command (``/budget set``, ``/panel save``)."""
+
+    name: str
+    summary: str
+    options: tuple[str, ...] = ()
+    takes: Takes = None
+    #: Only workspace admins may run it (some actions decide by their options: ``/keys set scope:workspace``).
+    admin: bool = False
+    example: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +63,29 @@ class Command:
     options: tuple[str, ...] = ()
     takes_prompt: bool = False
     example: str = ""
+    #: Sub-commands, the first being what the bare command does (``/budget`` = ``/budget show``).
+    actions: tuple[Action, ...] = ()
+    #: Mostly for administrators: Discord shows it only to members with Manage Server
+    #: (a server can grant it to others under Server Settings → Integrations).
+    admin: bool = False
 
     @property
     def usage(self) -> str:
+        if self.actions:
+            return f"/{self.name} {'|'.join(a.name for a in self.actions)} …"
         opts = " ".join(f"[{o}:…]" for o in self.options)
         return f"/{self.name} {opts}{' QUESTION' if self.takes_prompt else ''}".replace("  ", " ")
+
+    def action(self, name: str) -> Action:
+        for a in self.actions:
+            if a.name == name:
+                return a
+        raise UsageError(suggest(name, [a.name for a in self.actions], f"/{self.name} action") + f" Usage: {self.usage}")
+
+    def action_usage(self, action: Action) -> str:
+        opts = " ".join(f"[{o}:…]" for o in action.options)
+        tail = {"name": " NAME", "secret": " KEY"}.get(action.takes or "", "")
+        return f"/{self.name} {action.name} {opts}{tail}".replace("  ", " ").strip()
 
 
 OPTIONS: dict[str, Option] = {
@@ -59,10 +100,27 @@ OPTIONS: dict[str, Option] = {
             "provider",
         ),
         Option("model", "str", "Model id for the provider(s)", (), "model"),
-        Option("temperature", "float", "Sampling temperature (0–2; clamped to the model's range)"),
-        Option("rounds", "int", "Consensus review rounds (stage 2 repeats)"),
+        Option("temperature", "float", "Sampling temperature (0–2; clamped to the model's range)", lo=0, hi=2),
+        Option("rounds", "int", "Consensus review rounds (stage 2 repeats)", lo=1),
         Option("moderator", "str", "Consensus moderator: a provider[/model] or a persona id", (), None),
-        Option("max_tokens", "int", "Cap on each answer's length in tokens", ("max",)),
+        Option("max_tokens", "int", "Cap on each answer's length in tokens", ("max",), lo=1),
+        Option("panel", "str", "A saved panel (/panel save): its options, yours override", (), "panel"),
+        # Administration (/budget, /policy, /keys, /panel).
+        Option("scope", "str", "Where it applies: workspace, channel or user", (),
+               choices=("workspace", "channel", "user")),
+        Option("user", "str", "A person: their id or @mention", ()),
+        Option("daily", "float", "USD cap per UTC day (0: nothing may be spent)", (), lo=0, hi=1_000_000),
+        Option("monthly", "float", "USD cap per UTC month (0: nothing may be spent)", (), lo=0, hi=1_000_000),
+        Option("soft", "int", "Percent of a cap at which admins are told once (default 80)", (), lo=1, hi=100),
+        Option("own_keys", "str", "Whether spend on people's own keys counts against budgets", (),
+               choices=("count", "free")),
+        Option("models", "list", "Model pattern(s) as provider/model, a star matching any rest, comma separated", ("model_pattern",)),
+        Option("commands", "list", "Command name(s), comma separated", ("command",)),
+        Option("users", "list", "Only for these people (ids or @mentions), comma separated", ()),
+        Option("roles", "list", "Only for these roles (Discord role ids or names), comma separated", ("role",)),
+        Option("mode", "str", "Default mode of a mention: single, parallel or consensus", (),
+               choices=("single", "parallel", "consensus")),
+        Option("days", "int", "Keep discussion texts this many days (0: keep them)", (), lo=0, hi=36_500),
     )
 }
 _ALIASES = {alias: o.name for o in OPTIONS.values() for alias in (o.name, *o.aliases)}
@@ -74,7 +132,7 @@ COMMANDS: dict[str, Command] = {
             "ask",
             "Ask one expert (one persona on one provider).",
             "single",
-            ("personas", "providers", "model", "temperature", "max_tokens"),
+            ("personas", "providers", "model", "temperature", "max_tokens", "panel"),
             True,
             "/ask persona:riley provider:kimi How should we announce our v2 launch?",
         ),
@@ -82,7 +140,7 @@ COMMANDS: dict[str, Command] = {
             "compare",
             "Same question to several providers and/or personas, side by side.",
             "parallel",
-            ("personas", "providers", "model", "temperature", "max_tokens"),
+            ("personas", "providers", "model", "temperature", "max_tokens", "panel"),
             True,
             "/compare providers:openai,anthropic,kimi What should we price the team plan at?",
         ),
@@ -90,13 +148,74 @@ COMMANDS: dict[str, Command] = {
             "consensus",
             "A panel answers, reviews each other anonymously, and a moderator synthesises.",
             "consensus",
-            ("personas", "providers", "model", "temperature", "rounds", "moderator", "max_tokens"),
+            ("personas", "providers", "model", "temperature", "rounds", "moderator", "max_tokens", "panel"),
             True,
             "/consensus personas:riley,morgan,devon Should we launch on a Friday?",
         ),
         Command("personas", "List the experts you can ask."),
         Command("providers", "List providers, their status, default model and prices."),
-        Command("usage", "Tokens and cost so far, by provider and model."),
+        Command("usage", "Your spend and what your budgets leave (admins: the workspace's), by provider and model."),
+        Command(
+            "budget",
+            "USD caps per workspace, channel and person, per day and month.",
+            actions=(
+                Action("show", "Caps, spend and what remains for you here."),
+                Action(
+                    "set",
+                    "Set a cap (admins).",
+                    ("scope", "user", "daily", "monthly", "soft", "own_keys"),
+                    admin=True,
+                    example="/budget set scope:workspace daily:5 monthly:100 soft:80",
+                ),
+            ),
+            admin=True,
+        ),
+        Command(
+            "policy",
+            "Which providers, models, personas and commands may be used here.",
+            actions=(
+                Action("show", "The rules in force here."),
+                Action("allow", "Allow (an allow-list: only what is named) (admins).",
+                       ("providers", "models", "personas", "commands", "scope", "users", "roles"), admin=True,
+                       example="/policy allow providers:kimi,anthropic scope:channel"),
+                Action("deny", "Deny what is named (admins).",
+                       ("providers", "models", "personas", "commands", "scope", "users", "roles"), admin=True,
+                       example="/policy deny models:openai/gpt-5*"),
+                Action("default", "Defaults for requests here, inherited by threads (admins).",
+                       ("providers", "personas", "mode", "scope"), admin=True,
+                       example="/policy default provider:kimi personas:riley,morgan mode:parallel"),
+                Action("remove", "Remove rule number NAME (admins).", (), "name", admin=True,
+                       example="/policy remove 3"),
+                Action("retention", "Keep discussion texts N days (admins).", ("days",), admin=True,
+                       example="/policy retention days:30"),
+                Action("log", "Who changed what, when."),
+            ),
+            admin=True,
+        ),
+        Command(
+            "keys",
+            "Your own provider keys (and, for admins, the workspace's): encrypted, never shown back.",
+            actions=(
+                Action("list", "The keys set for you and this workspace (masked)."),
+                Action("set", "Set a key, in a DM or privately only.", ("providers", "scope"), "secret",
+                       example="/keys set provider:kimi sk-…"),
+                Action("delete", "Delete a key.", ("providers", "scope"), example="/keys delete provider:kimi"),
+            ),
+        ),
+        Command(
+            "panel",
+            "Saved panels: a named set of personas, providers and settings for any discussion.",
+            actions=(
+                Action("list", "The saved panels here."),
+                Action("save", "Save a panel.",
+                       ("personas", "providers", "model", "rounds", "moderator", "temperature", "max_tokens"),
+                       "name", example="/panel save launch-review personas:riley,morgan providers:kimi,openai"),
+                Action("show", "What a panel runs.", (), "name", example="/panel show launch-review"),
+                Action("delete", "Delete a panel (its author or an admin).", (), "name",
+                       example="/panel delete launch-review"),
+            ),
+        ),
+        Command("forget", "Delete your stored questions and answers (costs and token counts stay)."),
         Command("help", "How to use Parley."),
     )
 }
@@ -126,6 +245,15 @@ class Request:
     rounds: int | None = None
     moderator: str | None = None
     max_tokens: int | None = None
+    panel: str | None = None
+    #: The sub-command of an administrative command, its NAME and its SECRET (never in repr).
+    action: str | None = None
+    name: str | None = None
+    secret: str | None = field(default=None, repr=False)
+    #: Administrative options (scope, user, daily, …) by name.
+    params: dict[str, object] = field(default_factory=dict)
+    #: No command word was typed (a mention's plain question): a channel's default mode may apply.
+    implicit: bool = False
 
     @property
     def spec(self) -> Command:
@@ -150,6 +278,10 @@ class Request:
             if v not in (None, [])
         }
 
+    def param(self, name: str, default: object = None) -> object:
+        return self.params.get(name, default)
+
+
 
 def command(name: str) -> Command:
     key = name.strip().lstrip("/").lower()
@@ -166,8 +298,12 @@ def parse(
     max_turns: int = DEFAULT_MAX_TURNS,
 ) -> Request:
     """Parse what follows ``/command``: ``key:value`` words, then the question.
+    An administrative command takes its action word first (``/budget set daily:5``),
+    then options and its NAME or KEY in any order.
     Raises UsageError with a fix on bad input."""
     cmd = command(command_name)
+    if cmd.actions:
+        return _parse_action(cmd, text)
     _check_unicode(text, "The text")
     options: list[tuple[str, object]] = []
     rest = len(text)
@@ -180,6 +316,36 @@ def parse(
     return build(cmd, options, text[rest:], max_prompt_chars=max_prompt_chars, max_turns=max_turns)
 
 
+def _parse_action(cmd: Command, text: str) -> Request:
+    words = text.split()
+    first = words[0].lower() if words else ""
+    names = [a.name for a in cmd.actions]
+    if first in names:
+        action, words = cmd.action(first), words[1:]
+    elif not words or _OPTION_TOKEN.fullmatch(words[0]):
+        action = cmd.actions[0]
+    else:
+        raise UsageError(suggest(_shown(words[0], 20), names, f"/{cmd.name} action") + f" Usage: {cmd.usage}")
+    secret = action.takes == "secret"
+    if secret:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError("That key is not valid text; paste it again.") from None
+    else:
+        _check_unicode(text, "The text")
+    options: list[tuple[str, object]] = []
+    positional: list[str] = []
+    for word in words:
+        m = _OPTION_TOKEN.fullmatch(word)
+        # A key may hold a colon: only a known option name makes a word an option there.
+        if m is not None and (not secret or m.group(1).lower() in _ALIASES):
+            options.append((m.group(1), m.group(2)))
+        else:
+            positional.append(word)
+    return build(cmd, options, " ".join(positional), action=action.name)
+
+
 def build(
     command_name: str | Command,
     options: Iterable[tuple[str, object]],
@@ -187,14 +353,19 @@ def build(
     *,
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
     max_turns: int = DEFAULT_MAX_TURNS,
+    action: str | None = None,
 ) -> Request:
     """A validated :class:`Request` from ``(option, value)`` pairs and the question.
 
     Every front-end comes here: :func:`parse` with the words a person typed, Discord with
     an interaction's structured options (a value is one value, whatever it contains).
     A list option given twice adds to itself; any other option keeps its last value.
+    For an administrative command ``action`` names the sub-command (default: the first)
+    and ``prompt`` is its NAME or KEY.
     """
     cmd = command_name if isinstance(command_name, Command) else command(command_name)
+    if cmd.actions:
+        return _build_action(cmd, cmd.action(action) if action else cmd.actions[0], options, prompt)
     req = Request(cmd.name)
     named: dict[str, int] = {}  # items a list option was given, duplicates included
     for key, raw in options:
@@ -243,6 +414,64 @@ def build(
     return req
 
 
+#: Options that fill a discussion's own fields; every other option is a ``param``.
+_FIELDS = ("personas", "providers", "model", "temperature", "rounds", "moderator", "max_tokens", "panel")
+#: How many names an administrative list option may hold.
+MAX_ADMIN_ITEMS = 100
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+
+
+def _build_action(cmd: Command, action: Action, options: Iterable[tuple[str, object]], positional: object) -> Request:
+    req = Request(cmd.name, action=action.name)
+    where = cmd.action_usage(action)
+    for key, raw in options:
+        if raw is None or raw == "":
+            continue
+        key = str(key)
+        name = _ALIASES.get(key.lower())
+        if name is None:
+            raise UsageError(suggest(_shown(key), _ALIASES, "option") + f" Usage: {where}")
+        if name not in action.options:
+            allowed = ", ".join(action.options) or "none"
+            raise UsageError(f"/{cmd.name} {action.name} does not take {_shown(key)}:. It takes: {allowed}.")
+        value = _value(OPTIONS[name], key, raw)
+        if isinstance(value, list):
+            have = req.params.setdefault(name, []) if name not in _FIELDS else getattr(req, name)
+            assert isinstance(have, list)
+            have += [v for v in dict.fromkeys(value) if v not in have]
+            if len(have) > MAX_ADMIN_ITEMS:
+                raise UsageError(f"{key}: names more than {MAX_ADMIN_ITEMS} items; split it into several commands.")
+        elif name in _FIELDS:
+            setattr(req, name, value)
+        else:
+            req.params[name] = value
+    if action.takes == "secret":
+        if not isinstance(positional, str):
+            raise UsageError("The key must be text.")
+        secret = positional.strip()
+        if not secret:
+            raise UsageError(f"/{cmd.name} {action.name} needs the key after the options. Usage: {where}")
+        if _SPACE.search(secret) or len(secret) > 500:
+            raise UsageError("That is not one key: a provider key is one word of at most 500 characters.")
+        req.secret = secret
+        return req
+    text = _text(positional, "The text").strip()
+    if action.takes == "name":
+        name = text.lower()
+        if not name:
+            raise UsageError(f"/{cmd.name} {action.name} needs a name. Example: {action.example or where}")
+        if not _NAME.fullmatch(name):
+            raise UsageError(
+                f"'{_shown(text)}' is not a name Parley takes: use 1–40 lowercase letters, digits, - or _, "
+                f"starting with a letter or digit (e.g. launch-review)."
+            )
+        req.name = name
+    elif text:
+        raise UsageError(f"/{cmd.name} {action.name} takes no text after its options ('{_shown(text)}'). "
+                         f"Usage: {where}")
+    return req
+
+
 def _max_items(cmd: Command, max_turns: int) -> int:
     """How many names a list option may hold: as many panelists as the command could run
     (a consensus runs each at least twice, plus a synthesis, within three times the limit)."""
@@ -257,7 +486,10 @@ def _value(opt: Option, key: str, raw: object) -> str | list[str] | float | int:
     if opt.kind in ("list", "str"):
         text = _text(raw, f"{key}:")
         if opt.kind == "str":
-            return _word(text.strip(), key, f"{opt.name}:NAME")
+            word = _word(text.strip(), key, f"{opt.name}:NAME")
+            if opt.choices and word.lower() not in opt.choices:
+                raise UsageError(suggest(_shown(word), opt.choices, f"{opt.name} value"))
+            return word.lower() if opt.choices else word
         example = f"{key}:{_EXAMPLE.get(opt.completes or '', 'a,b')}"
         return [_word(v, key, example) for v in (v.strip() for v in text.split(",")) if v]
     what, example = ("a number", "0.7") if opt.kind == "float" else ("a whole number", "2")
@@ -274,10 +506,13 @@ def _value(opt: Option, key: str, raw: object) -> str | list[str] | float | int:
             number = int(value)
     except (ValueError, OverflowError):
         raise not_a_number from None
-    if opt.kind == "float" and not 0 <= number <= 2:
-        raise UsageError(f"{opt.name}:{_shown(str(raw))} is out of range; use a value from 0 to 2.")
-    if opt.kind == "int" and number < 1:
-        raise UsageError(f"{opt.name}:{_shown(str(raw))} must be at least 1.")
+    if number != number or number in (float("inf"), float("-inf")):
+        raise not_a_number
+    lo, hi = opt.lo, opt.hi
+    if lo is not None and hi is not None and not lo <= number <= hi:
+        raise UsageError(f"{opt.name}:{_shown(str(raw))} is out of range; use a value from {lo:g} to {hi:g}.")
+    if lo is not None and number < lo:
+        raise UsageError(f"{opt.name}:{_shown(str(raw))} must be at least {lo:g}.")
     return number
 
 
@@ -347,7 +582,9 @@ def parse_line(
         return parse(name, rest, **limits)
     if first.startswith("/"):
         command(first)  # raises with suggestions
-    return parse(default, text, **limits)
+    req = parse(default, text, **limits)
+    req.implicit = True
+    return req
 
 
 def _first_word(text: str) -> tuple[str, str]:

@@ -83,6 +83,12 @@ class Settings(EnvSettings):
     #: are marked interrupted by the next process that starts.
     lease_seconds: float = Field(30.0, validation_alias=_env("PARLEY_LEASE_SECONDS"))
 
+    #: Governance (docs/admin.md): ids that are admins everywhere (or ``WORKSPACE:ID``), the
+    #: secret own keys are encrypted with (unset: own keys are off), a policy file to seed from.
+    admins: str | None = Field(None, validation_alias=_env("PARLEY_ADMINS"))
+    secret_key: SecretStr | None = Field(None, validation_alias=_env("PARLEY_SECRET_KEY"))
+    policy_file: Path | None = Field(None, validation_alias=_env("PARLEY_POLICY"))
+
     env_file_path: Path = Field(Path(".env"), exclude=True)
 
     @cached_property

@@ -43,6 +43,8 @@ def connect(path: Path | str, *, busy_ms: int) -> sqlite_utils.Database:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
+    # Deleted text (retention, /forget) is overwritten, not left in free space.
+    conn.execute("PRAGMA secure_delete = ON")
     return db
 
 
@@ -140,6 +142,12 @@ class Writer:
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._put(fn, fut)
         return fut.result()
+
+    async def acall(self, fn: Write) -> Any:
+        """:meth:`call` without blocking the event loop."""
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._put(fn, fut)
+        return await asyncio.wrap_future(fut)
 
     @property
     def idle(self) -> bool:

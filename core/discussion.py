@@ -31,6 +31,7 @@ from core.turn import TurnRunner, merge
 
 if TYPE_CHECKING:
     from core.config import Settings
+    from core.governance import Grant
     from core.personas import PersonaBook
     from core.providers.registry import Registry
     from core.store import Store
@@ -56,12 +57,25 @@ class Engine:
         conversation: str | None = None,
         front_end: str = "cli",
         discussion_id: str | None = None,
+        grant: Grant | None = None,
     ) -> AsyncGenerator[Event, None]:
-        """Run a whole discussion. Validation errors raise UsageError before anything is stored."""
+        """Run a whole discussion. Validation errors raise UsageError before anything is stored.
+
+        ``grant`` (from :meth:`core.governance.Governance.admit`) brings the request as
+        admitted, its panel, own keys and budget reservation, settled when the run ends."""
+        if grant is not None:
+            request, panel = grant.request, grant.panel
         if request.mode is None:
             raise UsageError(f"/{request.command} is not a discussion.")
-        panel = self.panel(request)
-        await self.store.settled()  # earlier turns of this conversation are in before history is read
+        try:
+            if grant is None:
+                panel = self.panel(request)
+            await self.store.settled()  # earlier turns of this conversation are in before history is read
+        except BaseException:
+            if grant is not None:
+                grant.release()
+            raise
+        caller = grant.caller if grant is not None else None
         did = self.store.start_discussion(
             mode=request.mode,
             command=request.command,
@@ -70,8 +84,13 @@ class Engine:
             conversation=conversation,
             front_end=front_end,
             discussion_id=discussion_id,
+            where=(caller.workspace, caller.channel, caller.user) if caller is not None else None,
         )
         run = Run(did, request, conversation)
+        if grant is not None:
+            grant.attach(did)
+            run.keys = grant.keys
+            run.permits = grant.permits
         yield DiscussionStarted(did, request.mode, request.prompt, [p.title for p in panel])
         finished = False
         try:
@@ -91,6 +110,8 @@ class Engine:
                             yield ev
             final = summary(run)
             self.store.finish_discussion(did, final.status, final.total.cost_usd, final.message)
+            if grant is not None:
+                grant.settle(run.results, did)
             finished = True
             yield final
         finally:
@@ -98,6 +119,8 @@ class Engine:
                 self.store.finish_discussion(
                     did, "interrupted", run.cost, "The discussion was stopped before it finished."
                 )
+            if grant is not None:
+                grant.settle(run.results, did)
 
     async def fallback(self, run: Run, panelist: Panelist) -> AsyncGenerator[Event, None]:
         """``ask`` only: a provider that is unavailable, unreachable or timed out before any
@@ -110,7 +133,7 @@ class Engine:
         if why is None:
             return
         spec, model = self.registry.resolve(name)
-        if spec.id == panelist.provider.id:
+        if spec.id == panelist.provider.id or not run.permits(spec.id, model.id):
             return
         alt = Panelist(panelist.persona, spec, model)
         ts = self.turns.first(run, alt)

@@ -7,19 +7,16 @@ that every front-end renders in its own markup.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from core import present
-from core.present import Doc
+from core.commands import Request, parse
+from core.governance import admin
+from core.governance.scope import Caller, local_caller
+from core.present import Answer
 from core.services import Services
 
-
-@dataclass(slots=True)
-class InfoAnswer:
-    command: str
-    rows: list[dict[str, Any]]
-    doc: Doc
+InfoAnswer = Answer
 
 
 async def providers_rows(services: Services, *, check: bool = False) -> list[dict[str, Any]]:
@@ -63,34 +60,69 @@ def personas_rows(services: Services) -> list[dict[str, Any]]:
     ]
 
 
-async def _providers(services: Services, check: bool) -> InfoAnswer:
+async def _providers(services: Services, req: Request, caller: Caller, check: bool) -> InfoAnswer:
     rows = await providers_rows(services, check=check)
     return InfoAnswer("providers", rows, present.providers_doc(rows, services.catalog.checked))
 
 
-async def _personas(services: Services, check: bool) -> InfoAnswer:
+async def _personas(services: Services, req: Request, caller: Caller, check: bool) -> InfoAnswer:
     rows = personas_rows(services)
     return InfoAnswer("personas", rows, present.personas_doc(rows))
 
 
-async def _usage(services: Services, check: bool) -> InfoAnswer:
-    rows = services.store.usage_summary()
-    return InfoAnswer("usage", rows, present.usage_doc(rows))
+async def _usage(services: Services, req: Request, caller: Caller, check: bool) -> InfoAnswer:
+    return admin.usage(services.governance, caller, services)
 
 
-async def _help(services: Services, check: bool) -> InfoAnswer:
+async def _help(services: Services, req: Request, caller: Caller, check: bool) -> InfoAnswer:
     return InfoAnswer("help", present.help_rows(), present.help_doc())
 
 
-#: Every informational command of :data:`core.commands.COMMANDS` (those without a mode).
-INFO: dict[str, Callable[[Services, bool], Awaitable[InfoAnswer]]] = {
+async def _budget(services: Services, req: Request, caller: Caller, check: bool) -> InfoAnswer:
+    return await admin.budget(services.governance, req, caller)
+
+
+async def _policy(services: Services, req: Request, caller: Caller, check: bool) -> InfoAnswer:
+    return await admin.policy(services.governance, req, caller, services)
+
+
+async def _keys(services: Services, req: Request, caller: Caller, check: bool) -> InfoAnswer:
+    return await admin.keys(services.governance, req, caller)
+
+
+async def _panel(services: Services, req: Request, caller: Caller, check: bool) -> InfoAnswer:
+    return await admin.panel(services.governance, req, caller)
+
+
+async def _forget(services: Services, req: Request, caller: Caller, check: bool) -> InfoAnswer:
+    return await admin.forget(services.governance, caller)
+
+
+#: Every command of :data:`core.commands.COMMANDS` that is not a discussion (those without a mode).
+INFO: dict[str, Callable[[Services, Request, Caller, bool], Awaitable[InfoAnswer]]] = {
     "providers": _providers,
     "personas": _personas,
     "usage": _usage,
+    "budget": _budget,
+    "policy": _policy,
+    "keys": _keys,
+    "panel": _panel,
+    "forget": _forget,
     "help": _help,
 }
 
 
-async def answer(services: Services, command: str, *, check: bool = False) -> InfoAnswer:
-    """The answer to an informational command, for any front-end."""
-    return await INFO[command](services, check)
+async def answer(
+    services: Services,
+    command: str | Request,
+    *,
+    check: bool = False,
+    caller: Caller | None = None,
+) -> InfoAnswer:
+    """The answer to a command that is not a discussion, for any front-end: policy is
+    checked first (a Refused says which rule), then the command runs for ``caller``
+    (the terminal's operator when None)."""
+    req = parse(command, "") if isinstance(command, str) else command
+    caller = caller or local_caller()
+    services.governance.check_command(req, caller)
+    return await INFO[req.command](services, req, caller, check)

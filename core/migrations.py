@@ -128,3 +128,85 @@ def m006_health_fingerprint(db: sqlite_utils.Database) -> None:
     # A pause belongs to one configuration of a provider: a short hash of its base URL
     # and key (never the key), so that fixing either is tried at once.
     db.table("provider_health").add_column("fingerprint", str)
+
+
+@migration
+def m007_governance(db: sqlite_utils.Database) -> None:
+    # Who asked where, so that policy, budgets, retention and /forget can find a discussion.
+    for column in ("workspace", "channel", "user", "text_erased_at"):
+        db.table("discussions").add_column(column, str)
+    db.table("discussions").create_index(["workspace", "created_at"])
+    db.table("discussions").create_index(["workspace", "user"])
+    # Policy: allow/deny rules per workspace or channel ('' = the whole workspace), for
+    # everyone ('' subjects) or for some people and roles.
+    db.table("policy_rules").create(
+        {
+            "id": int,
+            "workspace": str,
+            "channel": str,
+            "effect": str,
+            "dimension": str,
+            "pattern": str,
+            "subjects": str,
+            "created_by": str,
+            "created_at": str,
+        },
+        pk="id",
+    )
+    db.table("policy_rules").create_index(["workspace"])
+    db.table("channel_defaults").create(
+        {"workspace": str, "channel": str, "providers": str, "personas": str, "mode": str,
+         "updated_by": str, "updated_at": str},
+        pk=("workspace", "channel"),
+    )
+    db.table("workspace_settings").create(
+        {"workspace": str, "retention_days": int, "own_keys_count": int, "swept_at": str,
+         "updated_by": str, "updated_at": str},
+        pk="workspace",
+    )
+    db.table("audit").create(
+        {"id": int, "workspace": str, "actor": str, "action": str, "target": str,
+         "before": str, "after": str, "at": str},
+        pk="id",
+    )
+    db.table("audit").create_index(["workspace", "id"])
+    # Budgets: a cap per scope ('workspace' with target '', 'channel' with its id, 'user'
+    # with an id or '*' for everyone without their own).
+    db.table("budgets").create(
+        {"workspace": str, "scope": str, "target": str, "daily_usd": float, "monthly_usd": float,
+         "soft_pct": int, "updated_by": str, "updated_at": str},
+        pk=("workspace", "scope", "target"),
+    )
+    # Spend: one row per discussion, reserved at its worst case, settled at its cost.
+    db.table("spend").create(
+        {"id": str, "workspace": str, "channel": str, "user": str, "discussion_id": str,
+         "estimate_usd": float, "actual_usd": float, "estimated": int, "counted": int,
+         "status": str, "owner": str, "free": str, "day": str, "month": str, "created_at": str,
+         "settled_at": str},
+        pk="id",
+    )
+    db.table("spend").create_index(["status"])
+    db.table("spend").create_index(["discussion_id"])
+    db.table("spend").create_index(["workspace", "month"])
+    # Running totals per scope and period, kept in the same transaction as spend rows:
+    # a budget check reads a handful of rows, however much was spent.
+    db.table("spend_totals").create(
+        {"workspace": str, "scope": str, "target": str, "period": str, "usd": float},
+        pk=("workspace", "scope", "target", "period"),
+    )
+    # A soft-threshold alert sent once per scope and period.
+    db.table("alerts").create(
+        {"workspace": str, "scope": str, "target": str, "period": str, "sent_at": str},
+        pk=("workspace", "scope", "target", "period"),
+    )
+    # Own provider keys: AES-GCM ciphertext bound to its row; never the key in clear.
+    db.table("provider_keys").create(
+        {"workspace": str, "user": str, "provider": str, "ciphertext": str, "key_id": str,
+         "last4": str, "set_by": str, "set_at": str},
+        pk=("workspace", "user", "provider"),
+    )
+    db.table("panels").create(
+        {"workspace": str, "name": str, "options": str, "created_by": str, "created_at": str,
+         "updated_by": str, "updated_at": str},
+        pk=("workspace", "name"),
+    )

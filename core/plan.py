@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from pydantic import SecretStr
 
 from core.commands import Request
 from core.errors import UsageError
@@ -83,6 +86,10 @@ class Run:
         self.message: str | None = None
         self.failed_hard = False
         self.past: list[PastDiscussion] | None = None
+        #: Own keys by provider id (core.governance): used instead of the environment's.
+        self.keys: dict[str, SecretStr] = {}
+        #: Whether policy lets a provider/model run here (the /ask fallback asks).
+        self.permits: Callable[[str, str], bool] = lambda _provider, _model: True
 
     @property
     def cost(self) -> float:

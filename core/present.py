@@ -39,6 +39,15 @@ class Line:
 Doc = list[Line]
 
 
+@dataclass(slots=True)
+class Answer:
+    """What a command that is not a discussion answers: rows (``--json``) and a Doc."""
+
+    command: str
+    rows: list[dict[str, Any]]
+    doc: Doc
+
+
 def strong(text: str) -> Span:
     return Span(text, "strong")
 

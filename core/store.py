@@ -117,6 +117,13 @@ class Store:
         self.writer.flush()
         return self._db
 
+    def peek(self, sql: str, args: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        """Rows as committed now, without waiting for this process's queued writes: for
+        the checks before an acknowledgement, whose data is written synchronously."""
+        cur = self._db.conn.execute(sql, list(args))
+        names = [d[0] for d in cur.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
     @property
     def db(self) -> sqlite_utils.Database:
         """The read connection, after this process's queued writes (for inspection and tests)."""
@@ -155,8 +162,11 @@ class Store:
         conversation: str | None,
         front_end: str,
         discussion_id: str | None = None,
+        where: tuple[str, str, str] | None = None,
     ) -> str:
+        """``where`` is (workspace, channel, user): who asked, for budgets, retention and /forget."""
         did = discussion_id or new_id()
+        workspace, channel, user = where or (None, None, None)
         row = {
             "id": did,
             "conversation": conversation,
@@ -168,6 +178,9 @@ class Store:
             "front_end": front_end,
             "owner": self.instance_id,
             "created_at": now_iso(),
+            "workspace": workspace,
+            "channel": channel,
+            "user": user,
         }
         self._write(lambda db: db.table("discussions").insert(row))
         return did

@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from core.commands import Request
 from core.config import Settings
 from core.errors import ParleyError, UsageError, redact
 from core.events import DiscussionStarted, Event
+from core.governance import Grant
 from core.ledger import Ledger
 from core.render import Renderer
 from core.services import Services
@@ -146,7 +146,7 @@ class Requests:
 
 async def discuss_in_thread(
     services: Services,
-    req: Request,
+    grant: Grant,
     *,
     conversation: str,
     front_end: str,
@@ -155,7 +155,7 @@ async def discuss_in_thread(
     on_error: Callable[[str], Awaitable[Any]],
     on_renderer: Callable[[Renderer], None] | None = None,
 ) -> None:
-    """Run ``req`` and stream it into one thread.
+    """Run an admitted discussion (:meth:`core.governance.Governance.admit`) and stream it into one thread.
 
     ``thread`` is ``(destination, ref)`` as the front-end's restart recovery reads it
     back (``ref`` gets ``"kind": "thread"``). ``make_sink(discussion_id)`` builds the
@@ -163,12 +163,16 @@ async def discuss_in_thread(
     person who asked, before anything is posted. The renderer keeps the ledger of
     open messages; the thread itself stays in it until the discussion ends.
     """
-    events = services.engine.run(req, conversation=conversation, front_end=front_end)
+    events = services.engine.run(grant.request, conversation=conversation, front_end=front_end, grant=grant)
     try:
         first = await anext(events)
     except (UsageError, ParleyError) as e:
+        grant.release()
         await on_error(f"⚠️ {e.message}")
         return
+    except BaseException:
+        grant.release()
+        raise
     assert isinstance(first, DiscussionStarted)
     sink = make_sink(first.discussion_id)
     ledger = Ledger(services.store, first.discussion_id, sink)

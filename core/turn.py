@@ -172,11 +172,13 @@ class TurnRunner:
         retried: list[ParleyError] = []
         clock = _Clock(self.settings, lambda why: given_up(_late(pan.provider, why, self.settings, got), retried))
         limit = self.settings.max_answer_chars
+        own = run.keys.get(pan.provider.id)
         try:
-            blocked = self.registry.unavailable(pan.provider)
+            # A pause belongs to the environment's key; an own key is tried (and reported) as itself.
+            blocked = None if own is not None else self.registry.unavailable(pan.provider)
             if blocked:
                 raise blocked
-            wire = self.registry.wire(pan.provider)
+            wire = self.registry.wire(pan.provider, own)
             called = True
             stream = stream_with_retries(
                 wire, chat, self.retry, on_retry=lambda _n, e, _w: retried.append(e), remaining=clock.remaining
@@ -222,7 +224,15 @@ class TurnRunner:
                 f"{type(e).__name__}: {e}",
                 provider=pan.provider.id,
             )
-        if called:
+        if own is not None and error is not None and error.kind == ErrorKind.AUTH:
+            error = ParleyError(
+                ErrorKind.AUTH,
+                f"{pan.provider.label} rejected the own key set for {pan.provider.id} ({error.message}). Set a "
+                f"new one with /keys set provider:{pan.provider.id}, or remove it with /keys delete "
+                f"provider:{pan.provider.id} to use the workspace's or the operator's key.",
+                provider=pan.provider.id,
+            )
+        elif called and own is None:
             self.registry.report(pan.provider, error)
         yield self._finish(run, info, pan, prompt_text, got, error)
 

@@ -171,7 +171,7 @@ def test_providers_and_usage_commands(server: FakeLLMServer, env: dict[str, str]
     assert rc == 0 and by_id["acme"]["status"] == "quota_exhausted"  # seen on a real call
     assert by_id["anth"]["status"] == "ok" and by_id["openai"]["status"] == "not_configured"
     rc, usage, _ = parley(env, "usage", "--json")
-    ok = next(u for u in usage if u["model"] == "ok")
+    ok = next(u for u in usage if u.get("model") == "ok")
     assert ok["input_tokens"] == 10 and ok["cost_usd"] == pytest.approx((10 * 2 + 5 * 4) / 1e6)
     db = Path(env["PARLEY_DB"]).read_bytes()
     assert SECRET.encode() not in db

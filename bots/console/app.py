@@ -29,6 +29,7 @@ from core import info
 from core.commands import parse_line
 from core.errors import ParleyError
 from core.events import DiscussionFinished, Event
+from core.governance.scope import local_caller
 from core.render import Renderer
 from core.services import Services
 
@@ -46,6 +47,7 @@ class ConsoleApp:
         self.services = services
         self.console = console
         self.conversation = f"console:{uuid.uuid4().hex[:8]}"
+        self.caller = local_caller("console")
         self._running: asyncio.Task[DiscussionFinished | None] | None = None
 
     def banner(self) -> None:
@@ -75,12 +77,17 @@ class ConsoleApp:
             req = parse_line(line, max_prompt_chars=self.services.settings.max_prompt_chars,
                              max_turns=self.services.settings.max_turns)
             if req.mode is None:
-                self.console.print(doc_to_rich((await info.answer(self.services, req.command)).doc))
+                self.console.print(doc_to_rich((await info.answer(self.services, req, caller=self.caller)).doc))
                 if req.command == "help":
                     for k, v in CONTROL.items():
                         self.console.print(f"  {k} — {v}")
                 return None
-            events = self.services.engine.run(req, conversation=self.conversation, front_end="console")
+            grant = await self.services.governance.admit(req, self.caller, conversation=self.conversation)
+            for alert in grant.alerts:
+                self.console.print(f"[yellow]{alert}[/yellow]")
+            events = self.services.engine.run(
+                grant.request, conversation=self.conversation, front_end="console", grant=grant
+            )
             return await self.render(events)
         except ParleyError as e:  # UsageError included
             self.console.print(f"[red]{e.message}[/red]")

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pydantic import SecretStr
+
 from core.errors import UNAVAILABLE, ErrorKind, ParleyError, UsageError, suggest
 from core.providers.base import Endpoint, Wire
 from core.providers.spec import Catalog, ModelSpec, ProviderSpec
@@ -52,6 +54,7 @@ class Registry:
         self._wires: dict[tuple[str, str], Wire] = {}  # (provider, fingerprint) -> wire
         self._health: dict[str, Health] = {}
         self._marks: tuple[float, dict[str, HealthMark]] = (0.0, {})
+        self._closing: set[asyncio.Future[None]] = set()
 
     # --- lookup -------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -86,8 +89,8 @@ class Registry:
         spec = self.get(choice) if choice else self.get(self.default_provider())
         return spec, self.model(spec, model)
 
-    def configured(self, spec: ProviderSpec) -> bool:
-        return not spec.key_required or self.settings.env(spec.key_env) is not None
+    def configured(self, spec: ProviderSpec, key: SecretStr | None = None) -> bool:
+        return key is not None or not spec.key_required or self.settings.env(spec.key_env) is not None
 
     def default_provider(self) -> str:
         """PARLEY_DEFAULT_PROVIDER, else the first keyed provider with a key, else a keyless
@@ -107,12 +110,13 @@ class Registry:
         return next(iter(self.catalog.providers))
 
     # --- wires ------------------------------------------------------------------------
-    def endpoint(self, spec: ProviderSpec) -> Endpoint:
+    def endpoint(self, spec: ProviderSpec, key: SecretStr | None = None) -> Endpoint:
+        """Where and with what key to call ``spec``: an own key (core.governance) wins over the environment's."""
         from_env = self.settings.env(spec.base_url_env)
         return Endpoint(
             spec=spec,
             base_url=from_env or spec.base_url or "",
-            key=self.settings.secret(spec.key_env),
+            key=key if key is not None else self.settings.secret(spec.key_env),
             http=self.http,
             url_setting=spec.url_setting(env_set=from_env is not None),
         )
@@ -124,9 +128,10 @@ class Registry:
         raw = "\0".join((endpoint.spec.id, endpoint.base_url.rstrip("/"), key))
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
-    def wire(self, spec: ProviderSpec) -> Wire:
-        """The provider's wire for its current configuration; raises ``not_configured`` without a key."""
-        if spec.key_required and not self.configured(spec):
+    def wire(self, spec: ProviderSpec, key: SecretStr | None = None) -> Wire:
+        """The provider's wire for its current configuration (or an own key); raises
+        ``not_configured`` without a key."""
+        if spec.key_required and not self.configured(spec, key):
             table = spec.table()
             raise ParleyError(
                 ErrorKind.NOT_CONFIGURED,
@@ -136,16 +141,21 @@ class Registry:
                 + ", or choose another provider with provider:NAME.",
                 provider=spec.id,
             )
-        endpoint = self.endpoint(spec)
+        endpoint = self.endpoint(spec, key)
         slot = (spec.id, self.fingerprint(endpoint))
         wire = self._wires.get(slot)
         if wire is None:
+            if len(self._wires) > 1000:  # many own keys: forget the oldest connections' wires
+                oldest = next(iter(self._wires))
+                self._closing.add(asyncio.ensure_future(self._wires.pop(oldest).aclose()))
             wire = self._wires[slot] = make_wire(endpoint)
         return wire
 
     async def aclose(self) -> None:
         for w in self._wires.values():
             await w.aclose()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     # --- availability -------------------------------------------------------------------
     def _paused(self, spec: ProviderSpec) -> HealthMark | None:

@@ -1,0 +1,490 @@
+"""The storage side of governance, on the store's own connections (one door to SQLite).
+
+Reads on the path before an acknowledgement use :meth:`core.store.Store.peek`
+(what is committed, without waiting for queued turn writes); every change is a
+synchronous write on the writer thread, so it is committed when the command
+answers. A reservation is one ``BEGIN IMMEDIATE`` transaction: the check of every
+cap and the spend it adds are atomic across processes sharing the database.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import sqlite_utils
+
+from core.governance.policy import Rule
+from core.governance.scope import Periods
+from core.records import new_id, now_iso
+from core.store import Store
+
+#: A spend row's amount: its reservation while running, its cost once settled.
+AMOUNT = "case status when 'reserved' then estimate_usd else actual_usd end"
+
+
+@dataclass(frozen=True, slots=True)
+class Cap:
+    scope: str  # workspace | channel | user
+    target: str  # '' (workspace), a channel id, a user id or '*' (every user without their own)
+    daily: float | None
+    monthly: float | None
+    soft_pct: int
+    updated_by: str = ""
+
+    def limit(self, period: str) -> float | None:
+        return self.daily if period == "daily" else self.monthly
+
+
+@dataclass(frozen=True, slots=True)
+class Over:
+    """A cap the reservation would exceed."""
+
+    cap: Cap
+    period: str
+    spent: float
+    limit: float
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self.limit - self.spent)
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A soft threshold crossed for the first time this period."""
+
+    cap: Cap
+    period: str
+    spent: float
+    limit: float
+
+
+def _keys(workspace: str, channel: str, user: str, periods: Periods) -> list[tuple[str, str, str, str]]:
+    """The running totals one spend row adds to: each scope × each period."""
+    out = []
+    for scope, target in (("workspace", ""), ("channel", channel), ("user", user)):
+        if scope == "channel" and not channel:
+            continue
+        for period in ("daily", "monthly"):
+            out.append((workspace, scope, target, periods.key(period)))
+    return out
+
+
+class GovernanceStore:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # --- versions: one counter per workspace, bumped by every change -------------------
+    def version(self, workspace: str) -> str | None:
+        rows = self.store.peek("select value from meta where key = ?", [f"gov:{workspace}"])
+        return rows[0]["value"] if rows else None
+
+    @staticmethod
+    def _bump(db: sqlite_utils.Database, workspace: str) -> None:
+        db.execute(
+            "insert into meta (key, value, updated_at) values (?, ?, ?) "
+            "on conflict(key) do update set value = excluded.value, updated_at = excluded.updated_at",
+            [f"gov:{workspace}", secrets.token_hex(8), now_iso()],
+        )
+
+    @staticmethod
+    def _audit(db: sqlite_utils.Database, workspace: str, actor: str, action: str, target: str,
+               before: Any, after: Any) -> None:
+        db.execute(
+            "insert into audit (workspace, actor, action, target, before, after, at) values (?, ?, ?, ?, ?, ?, ?)",
+            [workspace, actor, action, target, json.dumps(before), json.dumps(after), now_iso()],
+        )
+
+    async def change(self, workspace: str, actor: str, action: str, target: str, fn: Any) -> Any:
+        """Run ``fn(db) -> (before, after, result)`` with its audit row and a version bump, atomically."""
+
+        def write(db: sqlite_utils.Database) -> Any:
+            before, after, result = fn(db)
+            self._audit(db, workspace, actor, action, target, before, after)
+            self._bump(db, workspace)
+            return result
+
+        return await self.store.writer.acall(write)
+
+    def audit_log(self, workspace: str, limit: int = 20) -> list[dict[str, Any]]:
+        return self.store.peek(
+            "select * from audit where workspace = ? order by id desc limit ?", [workspace, limit]
+        )
+
+    def admin_ids(self, workspace: str) -> list[str]:
+        """People who have changed budgets or policy here (only admins can)."""
+        rows = self.store.peek(
+            "select distinct actor from audit where workspace = ? and action like 'budget%' "
+            "or workspace = ? and action like 'policy%'",
+            [workspace, workspace],
+        )
+        return [r["actor"] for r in rows if r["actor"]]
+
+    # --- what the checks read ---------------------------------------------------------------
+    def rules(self, workspace: str) -> list[Rule]:
+        return [
+            Rule(r["id"], r["workspace"], r["channel"] or "", r["effect"], r["dimension"], r["pattern"],
+                 tuple(s for s in (r["subjects"] or "").split(",") if s), r["created_by"] or "", r["created_at"] or "")
+            for r in self.store.peek("select * from policy_rules where workspace = ? order by id", [workspace])
+        ]
+
+    def defaults(self, workspace: str) -> dict[str, dict[str, Any]]:
+        return {
+            r["channel"] or "": {
+                "providers": json.loads(r["providers"] or "[]"),
+                "personas": json.loads(r["personas"] or "[]"),
+                "mode": r["mode"] or None,
+            }
+            for r in self.store.peek("select * from channel_defaults where workspace = ?", [workspace])
+        }
+
+    def settings(self, workspace: str) -> dict[str, Any]:
+        rows = self.store.peek("select * from workspace_settings where workspace = ?", [workspace])
+        row = rows[0] if rows else {}
+        return {
+            "retention_days": row.get("retention_days") or 0,
+            "own_keys_count": bool(row.get("own_keys_count", 1) if row.get("own_keys_count") is not None else 1),
+            "swept_at": row.get("swept_at"),
+        }
+
+    def caps(self, workspace: str) -> list[Cap]:
+        return [
+            Cap(r["scope"], r["target"] or "", r["daily_usd"], r["monthly_usd"], r["soft_pct"] or 80,
+                r["updated_by"] or "")
+            for r in self.store.peek("select * from budgets where workspace = ?", [workspace])
+        ]
+
+    def totals(self, workspace: str, scope: str, target: str, periods: Periods) -> dict[str, float]:
+        rows = self.store.peek(
+            "select period, usd from spend_totals where workspace = ? and scope = ? and target = ? "
+            "and period in (?, ?)",
+            [workspace, scope, target, periods.day, periods.month],
+        )
+        got = {r["period"]: r["usd"] for r in rows}
+        return {"daily": got.get(periods.day, 0.0), "monthly": got.get(periods.month, 0.0)}
+
+    # --- policy changes ---------------------------------------------------------------------
+    async def add_rules(self, workspace: str, actor: str, rules: list[dict[str, Any]]) -> list[int]:
+        def fn(db: sqlite_utils.Database) -> tuple[Any, Any, list[int]]:
+            ids = []
+            for r in rules:
+                cur = db.execute(
+                    "insert into policy_rules (workspace, channel, effect, dimension, pattern, subjects, "
+                    "created_by, created_at) values (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [workspace, r["channel"], r["effect"], r["dimension"], r["pattern"], ",".join(r["subjects"]),
+                     actor, now_iso()],
+                )
+                ids.append(int(cur.lastrowid or 0))
+            return None, [{**r, "id": i} for r, i in zip(rules, ids, strict=True)], ids
+
+        return list(await self.change(workspace, actor, "policy.add", "rules", fn))
+
+    async def remove_rule(self, workspace: str, actor: str, rule_id: int) -> dict[str, Any] | None:
+        def fn(db: sqlite_utils.Database) -> tuple[Any, Any, dict[str, Any] | None]:
+            rows = list(db.query("select * from policy_rules where workspace = ? and id = ?", [workspace, rule_id]))
+            if rows:
+                db.execute("delete from policy_rules where id = ?", [rule_id])
+            return (rows[0] if rows else None), None, (rows[0] if rows else None)
+
+        return await self.change(workspace, actor, "policy.remove", f"rule #{rule_id}", fn)  # type: ignore[no-any-return]
+
+    async def set_defaults(self, workspace: str, actor: str, channel: str, values: dict[str, Any]) -> None:
+        def fn(db: sqlite_utils.Database) -> tuple[Any, Any, None]:
+            old = list(db.query("select providers, personas, mode from channel_defaults where workspace = ? "
+                                "and channel = ?", [workspace, channel]))
+            db.table("channel_defaults").upsert(
+                {"workspace": workspace, "channel": channel, "providers": json.dumps(values.get("providers") or []),
+                 "personas": json.dumps(values.get("personas") or []), "mode": values.get("mode"),
+                 "updated_by": actor, "updated_at": now_iso()},
+                pk=("workspace", "channel"),
+            )
+            return (old[0] if old else None), values, None
+
+        await self.change(workspace, actor, "policy.default", channel or "workspace", fn)
+
+    async def set_setting(self, workspace: str, actor: str, action: str, **values: Any) -> None:
+        def fn(db: sqlite_utils.Database) -> tuple[Any, Any, None]:
+            old = list(db.query("select * from workspace_settings where workspace = ?", [workspace]))
+            db.table("workspace_settings").upsert(
+                {"workspace": workspace, **values, "updated_by": actor, "updated_at": now_iso()}, pk="workspace"
+            )
+            before = {k: old[0].get(k) for k in values} if old else None
+            return before, values, None
+
+        await self.change(workspace, actor, action, "workspace", fn)
+
+    # --- budgets ------------------------------------------------------------------------------
+    async def set_cap(self, workspace: str, actor: str, cap: Cap) -> None:
+        def fn(db: sqlite_utils.Database) -> tuple[Any, Any, None]:
+            old = list(db.query("select daily_usd, monthly_usd, soft_pct from budgets where workspace = ? and "
+                                "scope = ? and target = ?", [workspace, cap.scope, cap.target]))
+            row = {"workspace": workspace, "scope": cap.scope, "target": cap.target, "daily_usd": cap.daily,
+                   "monthly_usd": cap.monthly, "soft_pct": cap.soft_pct, "updated_by": actor,
+                   "updated_at": now_iso()}
+            db.table("budgets").upsert(row, pk=("workspace", "scope", "target"))
+            after = {"daily_usd": cap.daily, "monthly_usd": cap.monthly, "soft_pct": cap.soft_pct}
+            return (old[0] if old else None), after, None
+
+        await self.change(workspace, actor, "budget.set", f"{cap.scope}:{cap.target or '-'}", fn)
+
+    async def reserve(
+        self,
+        *,
+        workspace: str,
+        channel: str,
+        user: str,
+        caps: list[Cap],
+        estimate: float,
+        free: list[str],
+        periods: Periods,
+    ) -> tuple[str | None, list[Over], list[Alert]]:
+        """Check every cap and add the reservation, in one write transaction.
+
+        Returns (spend id, [], alerts) when it fits, or (None, the caps it would exceed, [])."""
+        keys = _keys(workspace, channel, user, periods)
+        owner = self.store.instance_id
+
+        def target_of(cap: Cap) -> str:
+            return user if cap.scope == "user" else cap.target
+
+        def fn(db: sqlite_utils.Database) -> tuple[str | None, list[Over], list[Alert]]:
+            db.conn.execute("BEGIN IMMEDIATE")
+            totals = {
+                (r[0], r[1], r[2]): r[3]
+                for r in db.conn.execute(
+                    "select scope, target, period, usd from spend_totals where workspace = ? and period in (?, ?)",
+                    [workspace, periods.day, periods.month],
+                )
+            }
+            over: list[Over] = []
+            near: list[Alert] = []
+            for cap in caps:
+                for period in ("daily", "monthly"):
+                    limit = cap.limit(period)
+                    if limit is None:
+                        continue
+                    spent = totals.get((cap.scope, target_of(cap), periods.key(period)), 0.0)
+                    if spent + estimate > limit + 1e-12:
+                        over.append(Over(cap, period, spent, limit))
+                    elif spent + estimate >= limit * cap.soft_pct / 100:
+                        near.append(Alert(cap, period, spent + estimate, limit))
+            if over:
+                return None, over, []
+            sid = new_id()
+            db.conn.execute(
+                "insert into spend (id, workspace, channel, user, estimate_usd, actual_usd, estimated, counted, "
+                "status, owner, day, month, created_at, free) values (?, ?, ?, ?, ?, 0, 0, 1, 'reserved', "
+                "?, ?, ?, ?, ?)",
+                [sid, workspace, channel, user, estimate, owner, periods.day, periods.month, now_iso(),
+                 ",".join(free)],
+            )
+            self._add(db, keys, estimate)
+            alerts = []
+            for a in near:
+                cur = db.conn.execute(
+                    "insert or ignore into alerts (workspace, scope, target, period, sent_at) values (?, ?, ?, ?, ?)",
+                    [workspace, a.cap.scope, target_of(a.cap), periods.key(a.period), now_iso()],
+                )
+                if cur.rowcount == 1:
+                    alerts.append(a)
+            return sid, [], alerts
+
+        result: tuple[str | None, list[Over], list[Alert]] = await self.store.writer.acall(fn)
+        return result
+
+    @staticmethod
+    def _add(db: sqlite_utils.Database, keys: list[tuple[str, str, str, str]], usd: float) -> None:
+        db.conn.executemany(
+            "insert into spend_totals (workspace, scope, target, period, usd) values (?, ?, ?, ?, ?) "
+            "on conflict(workspace, scope, target, period) do update set usd = usd + excluded.usd",
+            [(*k, usd) for k in keys],
+        )
+
+    def _settle(self, db: sqlite_utils.Database, sid: str, actual: float, estimated: bool) -> None:
+        rows = list(db.conn.execute(
+            "select workspace, channel, user, estimate_usd, day, month, status from spend where id = ?", [sid]))
+        if not rows or rows[0][6] != "reserved":
+            return
+        workspace, channel, user, estimate, day, month, _ = rows[0]
+        periods = Periods(day, month, None, None)  # type: ignore[arg-type]
+        self._add(db, _keys(workspace, channel or "", user or "", periods), actual - estimate)
+        db.conn.execute(
+            "update spend set status = 'settled', actual_usd = ?, estimated = ?, settled_at = ? where id = ?",
+            [actual, int(estimated), now_iso(), sid],
+        )
+
+    def settle(self, sid: str, actual: float, *, estimated: bool, discussion_id: str | None = None) -> None:
+        """Replace a reservation by what was spent (queued: it never holds up a reply)."""
+
+        def fn(db: sqlite_utils.Database) -> None:
+            if discussion_id:
+                db.conn.execute("update spend set discussion_id = ? where id = ?", [discussion_id, sid])
+            self._settle(db, sid, actual, estimated)
+
+        self.store.writer.submit(fn)
+
+    def attach(self, sid: str, discussion_id: str) -> None:
+        self.store.writer.submit(
+            lambda db: db.conn.execute("update spend set discussion_id = ? where id = ?", [discussion_id, sid])
+        )
+
+    def settle_orphans(self) -> int:
+        """Reservations whose process is gone (so is its discussion, whatever its row says):
+        settle each at what its turns cost (the free providers named at reservation left out).
+        A live process's reservations are never touched."""
+        live = self.store.live_owners()
+        rows = self.store.db.execute(
+            "select s.id, s.owner, s.discussion_id, s.free, d.status from spend s "
+            "left join discussions d on d.id = s.discussion_id where s.status = 'reserved'"
+        ).fetchall()
+        orphans = [(sid, did, free) for sid, owner, did, free, _status in rows if owner not in live]
+        if not orphans:
+            return 0
+
+        def fn(db: sqlite_utils.Database) -> None:
+            for sid, did, free in orphans:
+                skip = [p for p in (free or "").split(",") if p]
+                marks = ",".join("?" * len(skip))
+                where = f" and provider not in ({marks})" if skip else ""
+                cost = db.conn.execute(
+                    f"select coalesce(sum(cost_usd), 0), coalesce(max(usage_estimated), 0) from turns "
+                    f"where discussion_id = ?{where}", [did, *skip]
+                ).fetchone() if did else (0.0, 0)
+                self._settle(db, sid, float(cost[0]), bool(cost[1]))
+
+        self.store.writer.call(fn)
+        return len(orphans)
+
+    def spend_rows(self, workspace: str, month: str) -> list[dict[str, Any]]:
+        return self.store.peek(
+            f"select channel, user, {AMOUNT} as usd, status, estimated from spend where workspace = ? and month = ?",
+            [workspace, month],
+        )
+
+    def provider_spend(self, workspace: str, month: str) -> list[dict[str, Any]]:
+        return self.store.peek(
+            "select t.provider as provider, t.model as model, count(*) as turns, "
+            "round(coalesce(sum(t.cost_usd), 0), 6) as cost_usd, coalesce(sum(t.usage_estimated), 0) as estimated "
+            "from turns t join discussions d on d.id = t.discussion_id "
+            "where d.workspace = ? and substr(d.created_at, 1, 7) = ? group by t.provider, t.model "
+            "order by cost_usd desc",
+            [workspace, month],
+        )
+
+    # --- own keys ------------------------------------------------------------------------------
+    def key_rows(self, workspace: str, users: list[str]) -> list[dict[str, Any]]:
+        marks = ",".join("?" * len(users))
+        return self.store.peek(
+            f"select * from provider_keys where workspace = ? and user in ({marks})", [workspace, *users]
+        )
+
+    async def set_key(self, workspace: str, actor: str, user: str, provider: str, ciphertext: str,
+                      key_id: str, last4: str) -> None:
+        def fn(db: sqlite_utils.Database) -> tuple[Any, Any, None]:
+            db.table("provider_keys").upsert(
+                {"workspace": workspace, "user": user, "provider": provider, "ciphertext": ciphertext,
+                 "key_id": key_id, "last4": last4, "set_by": actor, "set_at": now_iso()},
+                pk=("workspace", "user", "provider"),
+            )
+            return None, {"provider": provider, "last4": last4, "for": user or "workspace"}, None
+
+        await self.change(workspace, actor, "keys.set", f"{provider}:{user or 'workspace'}", fn)
+
+    async def delete_key(self, workspace: str, actor: str, user: str, provider: str) -> bool:
+        def fn(db: sqlite_utils.Database) -> tuple[Any, Any, bool]:
+            cur = db.conn.execute(
+                "delete from provider_keys where workspace = ? and user = ? and provider = ?",
+                [workspace, user, provider],
+            )
+            return {"provider": provider, "for": user or "workspace"}, None, cur.rowcount > 0
+
+        return bool(await self.change(workspace, actor, "keys.delete", f"{provider}:{user or 'workspace'}", fn))
+
+    # --- saved panels ---------------------------------------------------------------------------
+    def panels(self, workspace: str) -> list[dict[str, Any]]:
+        return [
+            {**r, "options": json.loads(r["options"] or "{}")}
+            for r in self.store.peek("select * from panels where workspace = ? order by name", [workspace])
+        ]
+
+    def panel(self, workspace: str, name: str) -> dict[str, Any] | None:
+        rows = self.store.peek("select * from panels where workspace = ? and name = ?", [workspace, name])
+        return {**rows[0], "options": json.loads(rows[0]["options"] or "{}")} if rows else None
+
+    async def save_panel(self, workspace: str, actor: str, name: str, options: dict[str, Any]) -> None:
+        def fn(db: sqlite_utils.Database) -> tuple[Any, Any, None]:
+            old = list(db.query("select options, created_by, created_at from panels where workspace = ? and name = ?",
+                                [workspace, name]))
+            now = now_iso()
+            db.table("panels").upsert(
+                {"workspace": workspace, "name": name, "options": json.dumps(options),
+                 "created_by": old[0]["created_by"] if old else actor, "created_at": old[0]["created_at"] if old
+                 else now, "updated_by": actor, "updated_at": now},
+                pk=("workspace", "name"),
+            )
+            return (json.loads(old[0]["options"]) if old else None), options, None
+
+        await self.change(workspace, actor, "panel.save", name, fn)
+
+    async def delete_panel(self, workspace: str, actor: str, name: str) -> None:
+        def fn(db: sqlite_utils.Database) -> tuple[Any, Any, None]:
+            old = list(db.query("select options from panels where workspace = ? and name = ?", [workspace, name]))
+            db.conn.execute("delete from panels where workspace = ? and name = ?", [workspace, name])
+            return (json.loads(old[0]["options"]) if old else None), None, None
+
+        await self.change(workspace, actor, "panel.delete", name, fn)
+
+    # --- retention and /forget ------------------------------------------------------------------
+    @staticmethod
+    def _erase(db: sqlite_utils.Database, where: str, args: list[Any]) -> int:
+        """Blank the texts of the discussions matching ``where`` (costs and tokens stay)."""
+        ids = [r[0] for r in db.conn.execute(f"select id from discussions where {where}", args)]
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            db.conn.execute(f"update turns set prompt = NULL, text = NULL where discussion_id in ({marks})", chunk)
+            db.conn.execute(f"update posts set text = NULL where discussion_id in ({marks})", chunk)
+            db.conn.execute(
+                f"update discussions set prompt = NULL, options = NULL, text_erased_at = ? where id in ({marks})",
+                [now_iso(), *chunk],
+            )
+        return len(ids)
+
+    async def purge(self, workspace: str, cutoff_iso: str) -> int:
+        """Erase texts of this workspace's discussions created before ``cutoff_iso``, then
+        checkpoint so that nothing of them is left in the WAL either."""
+
+        def fn(db: sqlite_utils.Database) -> int:
+            n = self._erase(
+                db, "workspace = ? and created_at < ? and status != 'running' and text_erased_at is null",
+                [workspace, cutoff_iso],
+            )
+            db.conn.execute(
+                "update workspace_settings set swept_at = ? where workspace = ?", [now_iso(), workspace]
+            )
+            return n
+
+        n: int = await self.store.writer.acall(fn)
+        await self.checkpoint()
+        return n
+
+    async def forget(self, workspace: str, user: str) -> int:
+        def fn(db: sqlite_utils.Database) -> int:
+            n = self._erase(db, "workspace = ? and user = ? and status != 'running'", [workspace, user])
+            self._audit(db, workspace, user, "forget", user, None, {"discussions": n})
+            return n
+
+        n: int = await self.store.writer.acall(fn)
+        await self.checkpoint()
+        return n
+
+    async def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it: erased text leaves no old copies."""
+        await self.store.writer.acall(lambda db: db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+
+    def retention_due(self) -> list[tuple[str, int]]:
+        return [(r["workspace"], r["retention_days"]) for r in self.store.peek(
+            "select workspace, retention_days from workspace_settings where retention_days > 0")]
