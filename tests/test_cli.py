@@ -211,3 +211,32 @@ def test_plain_output_carries_no_chat_markup(server: FakeLLMServer, env: dict[st
                        timeout=60, cwd=Path(__file__).resolve().parent.parent)
     assert p.returncode == 0 and "Personas — use persona:ID" in p.stdout and "riley Riley Engstrom" in p.stdout
     assert "*" not in p.stdout and "`" not in p.stdout
+
+
+def test_governance_commands_and_a_refusal_exits_3(server: FakeLLMServer, env: dict[str, str]) -> None:
+    """The CLI's operator administers the terminal scope: policy, budgets, keys and panels,
+    each with --json; a request policy or a budget refuses exits 3 and calls no provider."""
+    env = {**env, "PARLEY_SECRET_KEY": "cli-test-operator-secret-0123456789"}
+    rc, rows, _ = parley(env, "policy", "deny", "providers:anth", "--json")
+    assert rc == 0 and rows[0]["effect"] == "deny" and rows[0]["pattern"] == "anth"
+    rc, _, err = parley(env, "ask", "provider:anth", "hi")
+    assert rc == 3 and "rule #1" in err and server.requests == []
+    rc, rows, _ = parley(env, "panel", "save", "launch", "providers:acme,kimi/kimi-auth", "--json")
+    assert rc == 0 and rows[0]["options"] == {"providers": ["acme", "kimi/kimi-auth"]}
+    rc, rows, _ = parley(env, "panel", "list", "--json")
+    assert [r["name"] for r in rows] == ["launch"]
+    rc, rows, _ = parley(env, "budget", "set", "scope:workspace", "daily:0.0000001", "--json")
+    assert rc == 0 and rows[0]["cap_usd"] == pytest.approx(1e-7)
+    rc, _, err = parley(env, "compare", "panel:launch", "Launch on Friday?")
+    assert rc == 3 and "could cost up to $" in err and "resets at" in err and server.requests == []
+    parley(env, "budget", "set", "scope:workspace", "daily:100")
+    own = "sk-cli-own-key-abcdefghijklmnop-4242"
+    rc, rows, _ = parley(env, "keys", "set", "provider:acme", own, "--json")
+    assert rc == 0 and rows == [{"provider": "acme", "for": "you", "last4": "4242"}]
+    server.scenarios["ok"] = Scenario(text="Friday is fine.")
+    rc, events, _ = parley(env, "ask", "provider:acme", "--json", "Launch?")
+    assert rc == 0 and server.requests[-1].headers["Authorization"] == f"Bearer {own}"
+    db = Path(env["PARLEY_DB"])
+    assert all(own.encode() not in f.read_bytes() for f in db.parent.glob(db.name + "*"))
+    rc, rows, _ = parley(env, "usage", "--json")
+    assert rows[0]["kind"] == "you" and rows[0]["today_usd"] > 0
