@@ -337,3 +337,18 @@ async def test_a_policy_file_seeds_rules_budgets_and_defaults(
     policy.write_text(f'[workspaces."{WS}"]\ndeny = {{ providers = ["nosuch"] }}\n')
     with pytest.raises(UsageError, match="nosuch"):
         build_services(Settings())
+
+
+async def test_spend_on_own_keys_can_be_left_out_of_budgets(svc: Services, llm: FakeLLMServer) -> None:
+    llm.default = Scenario(text="ok", usage="top", prompt_tokens=10, completion_tokens=5)
+    await admin(svc, "keys set provider:alpha sk-alice-own-key-abcdefghijklmnop-7777", ALICE)
+    await admin(svc, "budget set scope:workspace daily:0.0000001 own_keys:free")
+    grant = await svc.governance.admit(parse("ask", "provider:alpha Hi"), ALICE)  # her key: free
+    assert grant.free == {"alpha"}
+    await run(svc, grant)
+    with pytest.raises(Refused) as e:  # the operator's key counts
+        await svc.governance.admit(parse("ask", "provider:beta Hi"), ALICE)
+    assert "admins (UADMIN)" in e.value.message
+    await admin(svc, "budget set own_keys:count")
+    with pytest.raises(Refused):
+        await svc.governance.admit(parse("ask", "provider:alpha Hi"), ALICE)

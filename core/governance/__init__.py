@@ -178,9 +178,13 @@ class Governance:
         if not verdict.allowed:
             raise Refused(
                 f"⛔ The {WHAT[dimension]} {value} is not allowed here: {verdict.reason()}. "
-                f"Workspace admins can change it with /policy (see /policy show).",
+                f"{self._who_can(caller.workspace)} can change it with /policy (see /policy show).",
                 "policy",
             )
+
+    def _who_can(self, workspace: str, who: str = "Workspace admins") -> str:
+        known = self.admins(workspace)[:5]
+        return f"{who} ({', '.join(known)})" if known else who
 
     def check_command(self, req: Request, caller: Caller) -> None:
         """Policy for any command (admins are never locked out of the administrative ones)."""
@@ -289,7 +293,7 @@ class Governance:
             caps=self._caps(view, caller), estimate=counted, free=sorted(free), periods=periods,
         )
         if over:
-            raise Refused(self._over_message(req, estimate, counted, over, periods), "budget")
+            raise Refused(self._over_message(caller, req, estimate, counted, over, periods), "budget")
         grant.reservation = sid
         grant.alerts = [self._alert_message(caller, a) for a in alerts]
         for text in grant.alerts:
@@ -313,7 +317,9 @@ class Governance:
             return f"channel {cap.target}'s"
         return "your" if cap.target == "*" else f"{cap.target}'s"
 
-    def _over_message(self, req: Request, est: Estimate, counted: float, over: list[Over], periods: Periods) -> str:
+    def _over_message(
+        self, caller: Caller, req: Request, est: Estimate, counted: float, over: list[Over], periods: Periods
+    ) -> str:
         worst = min(over, key=lambda o: o.remaining)
         free = "" if abs(counted - est.usd) < 1e-12 else f" (${counted:.4f} of it on keys the budget counts)"
         return (
@@ -321,7 +327,8 @@ class Governance:
             f"turns), and {self.scope_name(worst.cap)} {worst.period} cap of ${worst.limit:.2f} has "
             f"${worst.remaining:.4f} left (${worst.spent:.4f} spent or reserved). It resets at "
             f"{until(periods.resets(worst.period))}. Nothing was sent to any provider. Try fewer panelists, "
-            f"cheaper models or a lower max_tokens:, or ask a workspace admin to raise it with /budget set."
+            f"cheaper models or a lower max_tokens:, or ask {self._who_can(caller.workspace, 'workspace admins')} to raise it "
+            f"with /budget set."
         )
 
     def _alert_message(self, caller: Caller, a: Alert) -> str:
