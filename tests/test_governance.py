@@ -352,3 +352,17 @@ async def test_spend_on_own_keys_can_be_left_out_of_budgets(svc: Services, llm: 
     await admin(svc, "budget set own_keys:count")
     with pytest.raises(Refused):
         await svc.governance.admit(parse("ask", "provider:alpha Hi"), ALICE)
+
+
+async def test_a_change_and_its_audit_row_are_one_transaction(svc: Services) -> None:
+    from core.governance.storage import upsert
+
+    def half(db: object) -> None:
+        upsert(db, "panels", {"workspace": WS, "name": "x", "options": "{}"}, ("workspace", "name"))  # type: ignore[arg-type]
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        await svc.governance.db.change(WS, "UADMIN", "panel.save", "x", half)
+    db = svc.store.db
+    assert db.execute("select count(*) from panels").fetchone()[0] == 0
+    assert db.execute("select count(*) from audit").fetchone()[0] == 0

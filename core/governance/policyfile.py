@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from core.commands import COMMANDS
 from core.errors import UsageError, suggest
 from core.governance.policy import DIMENSIONS
-from core.governance.storage import Cap
+from core.governance.storage import Cap, upsert
 from core.records import now_iso
 
 if TYPE_CHECKING:
@@ -149,22 +149,21 @@ def seed(gov: Governance, path: Path, personas: PersonaBook) -> bool:
                     [ws, r["channel"], r["effect"], r["dimension"], r["pattern"], ",".join(r["subjects"]), OWNER, now],
                 )
             for ch, d in defaults.items():
-                db.table("channel_defaults").upsert(
+                upsert(db, "channel_defaults", 
                     {"workspace": ws, "channel": ch, "providers": json.dumps(d.get("providers", [])),
                      "personas": json.dumps(d.get("personas", [])), "mode": d.get("mode"), "updated_by": OWNER,
-                     "updated_at": now}, pk=("workspace", "channel"))
+                     "updated_at": now}, ("workspace", "channel"))
             if settings:
-                db.table("workspace_settings").upsert({"workspace": ws, **settings, "updated_by": OWNER,
-                                                       "updated_at": now}, pk="workspace")
+                upsert(db, "workspace_settings", {"workspace": ws, **settings, "updated_by": OWNER,
+                                                       "updated_at": now}, "workspace")
             for c in caps:
-                db.table("budgets").upsert(
+                upsert(db, "budgets", 
                     {"workspace": ws, "scope": c.scope, "target": c.target, "daily_usd": c.daily,
-                     "monthly_usd": c.monthly, "soft_pct": c.soft_pct, "updated_by": OWNER, "updated_at": now},
-                    pk=("workspace", "scope", "target"))
+                     "monthly_usd": c.monthly, "soft_pct": c.soft_pct, "updated_by": OWNER, "updated_at": now}, ("workspace", "scope", "target"))
             gov.db._audit(db, ws, OWNER, "policy.file", str(path), None,
                           {"rules": len(rules), "defaults": list(defaults), "settings": settings, "budgets": len(caps)})
             gov.db._bump(db, ws)
-        db.table("meta").upsert({"key": key, "value": digest, "updated_at": now}, pk="key")
+        upsert(db, "meta", {"key": key, "value": digest, "updated_at": now}, "key")
 
     store.writer.call(apply)
     return True

@@ -62,6 +62,20 @@ class Alert:
     limit: float
 
 
+def upsert(db: sqlite_utils.Database, table: str, row: dict[str, Any], pk: str | tuple[str, ...]) -> None:
+    """Insert or update one row in the caller's transaction (sqlite-utils' own upsert
+    commits, which would split a change from its audit row)."""
+    keys = (pk,) if isinstance(pk, str) else pk
+    cols = list(row)
+    rest = [c for c in cols if c not in keys]
+    db.conn.execute(
+        f"insert into {table} ({', '.join(cols)}) values ({', '.join('?' * len(cols))}) "
+        f"on conflict({', '.join(keys)}) do "
+        + (f"update set {', '.join(f'{c} = excluded.{c}' for c in rest)}" if rest else "nothing"),
+        [row[c] for c in cols],
+    )
+
+
 def _keys(workspace: str, channel: str, user: str, periods: Periods) -> list[tuple[str, str, str, str]]:
     """The running totals one spend row adds to: each scope × each period."""
     out = []
@@ -195,12 +209,10 @@ class GovernanceStore:
         def fn(db: sqlite_utils.Database) -> tuple[Any, Any, None]:
             old = list(db.query("select providers, personas, mode from channel_defaults where workspace = ? "
                                 "and channel = ?", [workspace, channel]))
-            db.table("channel_defaults").upsert(
+            upsert(db, "channel_defaults", 
                 {"workspace": workspace, "channel": channel, "providers": json.dumps(values.get("providers") or []),
                  "personas": json.dumps(values.get("personas") or []), "mode": values.get("mode"),
-                 "updated_by": actor, "updated_at": now_iso()},
-                pk=("workspace", "channel"),
-            )
+                 "updated_by": actor, "updated_at": now_iso()}, ("workspace", "channel"),)
             return (old[0] if old else None), values, None
 
         await self.change(workspace, actor, "policy.default", channel or "workspace", fn)
@@ -208,9 +220,8 @@ class GovernanceStore:
     async def set_setting(self, workspace: str, actor: str, action: str, **values: Any) -> None:
         def fn(db: sqlite_utils.Database) -> tuple[Any, Any, None]:
             old = list(db.query("select * from workspace_settings where workspace = ?", [workspace]))
-            db.table("workspace_settings").upsert(
-                {"workspace": workspace, **values, "updated_by": actor, "updated_at": now_iso()}, pk="workspace"
-            )
+            upsert(db, "workspace_settings", 
+                {"workspace": workspace, **values, "updated_by": actor, "updated_at": now_iso()}, "workspace")
             before = {k: old[0].get(k) for k in values} if old else None
             return before, values, None
 
@@ -224,7 +235,7 @@ class GovernanceStore:
             row = {"workspace": workspace, "scope": cap.scope, "target": cap.target, "daily_usd": cap.daily,
                    "monthly_usd": cap.monthly, "soft_pct": cap.soft_pct, "updated_by": actor,
                    "updated_at": now_iso()}
-            db.table("budgets").upsert(row, pk=("workspace", "scope", "target"))
+            upsert(db, "budgets", row, ("workspace", "scope", "target"))
             after = {"daily_usd": cap.daily, "monthly_usd": cap.monthly, "soft_pct": cap.soft_pct}
             return (old[0] if old else None), after, None
 
@@ -384,11 +395,9 @@ class GovernanceStore:
     async def set_key(self, workspace: str, actor: str, user: str, provider: str, ciphertext: str,
                       key_id: str, last4: str) -> None:
         def fn(db: sqlite_utils.Database) -> tuple[Any, Any, None]:
-            db.table("provider_keys").upsert(
+            upsert(db, "provider_keys", 
                 {"workspace": workspace, "user": user, "provider": provider, "ciphertext": ciphertext,
-                 "key_id": key_id, "last4": last4, "set_by": actor, "set_at": now_iso()},
-                pk=("workspace", "user", "provider"),
-            )
+                 "key_id": key_id, "last4": last4, "set_by": actor, "set_at": now_iso()}, ("workspace", "user", "provider"),)
             return None, {"provider": provider, "last4": last4, "for": user or "workspace"}, None
 
         await self.change(workspace, actor, "keys.set", f"{provider}:{user or 'workspace'}", fn)
@@ -419,12 +428,10 @@ class GovernanceStore:
             old = list(db.query("select options, created_by, created_at from panels where workspace = ? and name = ?",
                                 [workspace, name]))
             now = now_iso()
-            db.table("panels").upsert(
+            upsert(db, "panels", 
                 {"workspace": workspace, "name": name, "options": json.dumps(options),
                  "created_by": old[0]["created_by"] if old else actor, "created_at": old[0]["created_at"] if old
-                 else now, "updated_by": actor, "updated_at": now},
-                pk=("workspace", "name"),
-            )
+                 else now, "updated_by": actor, "updated_at": now}, ("workspace", "name"),)
             return (json.loads(old[0]["options"]) if old else None), options, None
 
         await self.change(workspace, actor, "panel.save", name, fn)
