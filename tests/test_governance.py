@@ -366,3 +366,25 @@ async def test_a_change_and_its_audit_row_are_one_transaction(svc: Services) -> 
     db = svc.store.db
     assert db.execute("select count(*) from panels").fetchone()[0] == 0
     assert db.execute("select count(*) from audit").fetchone()[0] == 0
+
+
+async def test_two_processes_reserving_at_once_share_one_cap(svc: Services) -> None:
+    """Two stores on one file (two writer connections, as two processes have) reserve against
+    the same cap: the check and the reservation are one transaction, so exactly as many fit."""
+    probe = await svc.governance.admit(parse("ask", "provider:alpha max_tokens:64 Hi"), ADMIN)
+    probe.release()
+    await admin(svc, f"budget set scope:workspace daily:{probe.estimate.usd * 5.5:.10f}")
+    other = build_services(Settings())
+    try:
+        async def one(s: Services, i: int) -> bool:
+            try:
+                await s.governance.admit(parse("ask", "provider:alpha max_tokens:64 Hi"), Caller(WS, f"U{i}", "C1"))
+            except Refused:
+                return False
+            return True
+
+        got = await asyncio.gather(*(one(svc if i % 2 else other, i) for i in range(16)))
+    finally:
+        await other.aclose()
+    assert sum(got) == 5
+    assert svc.store.db.execute("select count(*) from spend where status = 'reserved'").fetchone()[0] == 5
