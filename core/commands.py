@@ -53,6 +53,13 @@ class Action:
     #: Only workspace admins may run it (some actions decide by their options: ``/keys set scope:workspace``).
     admin: bool = False
     example: str = ""
+    #: Options whose choices are fewer here than in OPTIONS (``/keys set scope:`` is user or workspace).
+    choices: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: List options that name exactly one thing here (``/keys set provider:``).
+    single: tuple[str, ...] = ()
+
+    def choices_for(self, option: str) -> tuple[str, ...]:
+        return dict(self.choices).get(option) or OPTIONS[option].choices
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +132,10 @@ OPTIONS: dict[str, Option] = {
 }
 _ALIASES = {alias: o.name for o in OPTIONS.values() for alias in (o.name, *o.aliases)}
 
+#: Where a policy rule or default applies; whose a key is.
+_PLACES = (("scope", ("workspace", "channel")),)
+_WHOSE = (("scope", ("user", "workspace")),)
+
 COMMANDS: dict[str, Command] = {
     c.name: c
     for c in (
@@ -177,13 +188,13 @@ COMMANDS: dict[str, Command] = {
                 Action("show", "The rules in force here."),
                 Action("allow", "Allow (an allow-list: only what is named) (admins).",
                        ("providers", "models", "personas", "commands", "scope", "users", "roles"), admin=True,
-                       example="/policy allow providers:kimi,anthropic scope:channel"),
+                       example="/policy allow providers:kimi,anthropic scope:channel", choices=_PLACES),
                 Action("deny", "Deny what is named (admins).",
                        ("providers", "models", "personas", "commands", "scope", "users", "roles"), admin=True,
-                       example="/policy deny models:openai/gpt-5*"),
+                       example="/policy deny models:openai/gpt-5*", choices=_PLACES),
                 Action("default", "Defaults for requests here, inherited by threads (admins).",
                        ("providers", "personas", "mode", "scope"), admin=True,
-                       example="/policy default provider:kimi personas:riley,morgan mode:parallel"),
+                       example="/policy default provider:kimi personas:riley,morgan mode:parallel", choices=_PLACES),
                 Action("remove", "Remove rule number NAME (admins).", (), "name", admin=True,
                        example="/policy remove 3"),
                 Action("retention", "Keep discussion texts N days (admins).", ("days",), admin=True,
@@ -198,8 +209,9 @@ COMMANDS: dict[str, Command] = {
             actions=(
                 Action("list", "The keys set for you and this workspace (masked)."),
                 Action("set", "Set a key, in a DM or privately only.", ("providers", "scope"), "secret",
-                       example="/keys set provider:kimi sk-…"),
-                Action("delete", "Delete a key.", ("providers", "scope"), example="/keys delete provider:kimi"),
+                       example="/keys set provider:kimi sk-…", choices=_WHOSE, single=("providers",)),
+                Action("delete", "Delete a key.", ("providers", "scope"), example="/keys delete provider:kimi",
+                       choices=_WHOSE, single=("providers",)),
             ),
         ),
         Command(
@@ -435,12 +447,17 @@ def _build_action(cmd: Command, action: Action, options: Iterable[tuple[str, obj
             allowed = ", ".join(action.options) or "none"
             raise UsageError(f"/{cmd.name} {action.name} does not take {_shown(key)}:. It takes: {allowed}.")
         value = _value(OPTIONS[name], key, raw)
+        narrowed = action.choices_for(name)
+        if narrowed and value not in narrowed:
+            raise UsageError(f"/{cmd.name} {action.name} takes {name}:{'|'.join(narrowed)}, not {name}:{value}.")
         if isinstance(value, list):
             have = req.params.setdefault(name, []) if name not in _FIELDS else getattr(req, name)
             assert isinstance(have, list)
             have += [v for v in dict.fromkeys(value) if v not in have]
             if len(have) > MAX_ADMIN_ITEMS:
                 raise UsageError(f"{key}: names more than {MAX_ADMIN_ITEMS} items; split it into several commands.")
+            if name in action.single and len(have) > 1:
+                raise UsageError(f"/{cmd.name} {action.name} takes one {OPTIONS[name].aliases[0]}:, not several.")
         elif name in _FIELDS:
             setattr(req, name, value)
         else:
@@ -448,12 +465,11 @@ def _build_action(cmd: Command, action: Action, options: Iterable[tuple[str, obj
     if action.takes == "secret":
         if not isinstance(positional, str):
             raise UsageError("The key must be text.")
-        secret = positional.strip()
-        if not secret:
+        # Kept as typed: whoever answers checks first whether it was typed in private (a key
+        # typed in public must be rotated, well formed or not), then its shape.
+        req.secret = positional.strip()
+        if not req.secret:
             raise UsageError(f"/{cmd.name} {action.name} needs the key after the options. Usage: {where}")
-        if _SPACE.search(secret) or len(secret) > 500:
-            raise UsageError("That is not one key: a provider key is one word of at most 500 characters.")
-        req.secret = secret
         return req
     text = _text(positional, "The text").strip()
     if action.takes == "name":

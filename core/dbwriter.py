@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import logging
 import queue
 import sqlite3
@@ -64,9 +65,12 @@ class Writer:
         self.on_tick = on_tick
         self.busy_ms = busy_ms
         self.failures = 0
-        self._queue: queue.SimpleQueue[tuple[Write, concurrent.futures.Future[Any] | None] | None] = (
-            queue.SimpleQueue()
-        )
+        # (priority, order, item): urgent writes (a budget reservation before an acknowledgement)
+        # go ahead of queued stream writes; each priority keeps its order.
+        self._queue: queue.PriorityQueue[
+            tuple[int, int, tuple[Write, concurrent.futures.Future[Any] | None] | None]
+        ] = queue.PriorityQueue()
+        self._order = itertools.count()
         self._pending = 0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -89,7 +93,7 @@ class Writer:
                     beat_at = now
                     self._do(db, self.on_tick, None, counted=False)
                 try:
-                    item = self._queue.get(timeout=max(0.0, beat_at + self.tick - time.monotonic()))
+                    _, _, item = self._queue.get(timeout=max(0.0, beat_at + self.tick - time.monotonic()))
                 except queue.Empty:
                     continue
                 if item is None:
@@ -125,13 +129,13 @@ class Writer:
                     self._pending -= 1
 
     # --- submitting ---------------------------------------------------------------------
-    def _put(self, fn: Write, fut: concurrent.futures.Future[Any] | None) -> None:
+    def _put(self, fn: Write, fut: concurrent.futures.Future[Any] | None, *, urgent: bool = False) -> None:
         if self._closed:
             raise RuntimeError("the store is closed")
         self._start()
         with self._lock:
             self._pending += 1
-        self._queue.put((fn, fut))
+        self._queue.put((0 if urgent else 1, next(self._order), (fn, fut)))
 
     def submit(self, fn: Write) -> None:
         """Queue a write; failures are logged (redacted), never raised to the caller."""
@@ -143,10 +147,11 @@ class Writer:
         self._put(fn, fut)
         return fut.result()
 
-    async def acall(self, fn: Write) -> Any:
-        """:meth:`call` without blocking the event loop."""
+    async def acall(self, fn: Write, *, urgent: bool = False) -> Any:
+        """:meth:`call` without blocking the event loop; ``urgent`` goes ahead of queued writes
+        (for what a person is waiting on, such as a budget check before an acknowledgement)."""
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._put(fn, fut)
+        self._put(fn, fut, urgent=urgent)
         return await asyncio.wrap_future(fut)
 
     @property
@@ -172,6 +177,6 @@ class Writer:
         if self._closed:
             return
         if self._thread is not None:
-            self._queue.put(None)
+            self._queue.put((2, next(self._order), None))
             self._thread.join(timeout=self.busy_ms / 1000 + 5)
         self._closed = True

@@ -205,6 +205,9 @@ def m007_governance(db: sqlite_utils.Database) -> None:
          "last4": str, "set_by": str, "set_at": str},
         pk=("workspace", "user", "provider"),
     )
+    # People the platform said were admins (Slack admins, Discord Manage Server) when they
+    # used Parley: soft alerts reach them too.
+    db.table("admins_seen").create({"workspace": str, "user": str, "seen_at": str}, pk=("workspace", "user"))
     db.table("panels").create(
         {"workspace": str, "name": str, "options": str, "created_by": str, "created_at": str,
          "updated_by": str, "updated_at": str},

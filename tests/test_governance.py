@@ -388,3 +388,23 @@ async def test_two_processes_reserving_at_once_share_one_cap(svc: Services) -> N
         await other.aclose()
     assert sum(got) == 5
     assert svc.store.db.execute("select count(*) from spend where status = 'reserved'").fetchone()[0] == 5
+
+
+async def test_a_malformed_key_in_public_still_says_rotate_and_scopes_are_narrowed(svc: Services) -> None:
+    public = Caller(WS, "UALICE", "C1", private=False)
+    with pytest.raises(Refused, match="rotate"):  # a space in it: still a leaked key
+        await admin(svc, "keys set provider:alpha sk-abc def-ghijklmnopqrstu", public)
+    with pytest.raises(UsageError, match="one word"):
+        await admin(svc, "keys set provider:alpha sk-abc def-ghijklmnopqrstu", ALICE)
+    with pytest.raises(UsageError, match="scope:user|workspace"):
+        parse("keys", "set provider:alpha scope:channel sk-abcdefghijklmnop")
+    with pytest.raises(UsageError, match="one provider"):
+        parse("keys", "set providers:alpha,beta sk-abcdefghijklmnop")
+    assert svc.store.db.execute("select count(*) from provider_keys").fetchone()[0] == 0
+
+
+async def test_platform_admins_receive_alerts(svc: Services) -> None:
+    assert svc.governance.admins(WS) == []
+    await admin(svc, "budget show", Caller(WS, "UOWNER", "C1", admin=True))
+    svc.store.flush()
+    assert svc.governance.admins(WS) == ["UOWNER"]

@@ -59,6 +59,10 @@ EXPECTED_SCHEMA: dict[str, Any] = {'tables': {'_migrations': {'columns': ['name 
                             'pk': ['name'],
                             'indexes': [],
                             'foreign_keys': []},
+            'admins_seen': {'columns': ['workspace TEXT', 'user TEXT', 'seen_at TEXT'],
+                            'pk': ['workspace', 'user'],
+                            'indexes': [],
+                            'foreign_keys': []},
             'alerts': {'columns': ['workspace TEXT',
                                    'scope TEXT',
                                    'target TEXT',
@@ -258,6 +262,7 @@ EXPECTED_SCHEMA: dict[str, Any] = {'tables': {'_migrations': {'columns': ['name 
                                    'foreign_keys': []}},
  'views': [],
  'triggers': []}
+
 
 # A little of what a running Parley writes, per table (parents before children). Each
 # row is cut down to the columns its table has at the point of the history under test.

@@ -134,11 +134,17 @@ class Governance:
         self.box = KeyBox(secret)
         self.env_admins = {a.strip() for a in (settings.admins or "").split(",") if a.strip()}
         self._views: dict[str, View] = {}
+        self._seen: set[tuple[str, str]] = set()
         self._swept = 0.0
 
     # --- who is an admin ---------------------------------------------------------------------
     def is_admin(self, caller: Caller) -> bool:
-        return caller.admin or caller.user in self.env_admins or f"{caller.workspace}:{caller.user}" in self.env_admins
+        if caller.admin:
+            if (caller.workspace, caller.user) not in self._seen:  # soft alerts reach them
+                self._seen.add((caller.workspace, caller.user))
+                self.db.saw_admin(caller.workspace, caller.user)
+            return True
+        return caller.user in self.env_admins or f"{caller.workspace}:{caller.user}" in self.env_admins
 
     def admins(self, workspace: str) -> list[str]:
         """Whom soft alerts go to: PARLEY_ADMINS (for this workspace) and whoever changed budgets or policy here."""
@@ -279,6 +285,7 @@ class Governance:
         keys = self.own_keys(caller, list(dict.fromkeys(providers)))
         history = 0
         if conversation:
+            await self.store.settled()  # the thread's earlier turns are in (without blocking the loop)
             run = Run("", req, conversation)
             history = max((sum(len(m.content.encode()) for m in self.history.messages(
                 run, p, self.history.budget(p, req))) for p in panel), default=0)

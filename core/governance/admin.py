@@ -250,6 +250,8 @@ async def keys(gov: Governance, req: Request, caller: Caller) -> Answer:
         register_secret(req.secret)  # from now on, never in a log or a message
     if req.action == "set" and not caller.private:
         raise Refused(PASTED, "admin")
+    if req.action == "set" and (any(c.isspace() for c in req.secret or "") or len(req.secret or "") > 500):
+        raise UsageError("That is not one key: a provider key is one word of at most 500 characters.")
     if not gov.box.enabled:
         raise UsageError(OFF)
     if req.action == "list":

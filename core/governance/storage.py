@@ -121,7 +121,7 @@ class GovernanceStore:
             self._bump(db, workspace)
             return result
 
-        return await self.store.writer.acall(write)
+        return await self.store.writer.acall(write, urgent=True)
 
     def audit_log(self, workspace: str, limit: int = 20) -> list[dict[str, Any]]:
         return self.store.peek(
@@ -129,13 +129,17 @@ class GovernanceStore:
         )
 
     def admin_ids(self, workspace: str) -> list[str]:
-        """People who have changed budgets or policy here (only admins can)."""
+        """People the platform called admins here, and who changed budgets or policy here (only admins can)."""
         rows = self.store.peek(
-            "select distinct actor from audit where workspace = ? and action like 'budget%' "
-            "or workspace = ? and action like 'policy%'",
+            "select user as actor from admins_seen where workspace = ? union "
+            "select distinct actor from audit where workspace = ? and (action like 'budget%' or action like 'policy%')",
             [workspace, workspace],
         )
-        return [r["actor"] for r in rows if r["actor"]]
+        return sorted(r["actor"] for r in rows if r["actor"] and r["actor"] != "policy-file")
+
+    def saw_admin(self, workspace: str, user: str) -> None:
+        row = {"workspace": workspace, "user": user, "seen_at": now_iso()}
+        self.store.writer.submit(lambda db: upsert(db, "admins_seen", row, ("workspace", "user")))
 
     # --- what the checks read ---------------------------------------------------------------
     def rules(self, workspace: str) -> list[Rule]:
@@ -303,7 +307,7 @@ class GovernanceStore:
                     alerts.append(a)
             return sid, [], alerts
 
-        result: tuple[str | None, list[Over], list[Alert]] = await self.store.writer.acall(fn)
+        result: tuple[str | None, list[Over], list[Alert]] = await self.store.writer.acall(fn, urgent=True)
         return result
 
     @staticmethod
