@@ -572,13 +572,21 @@ def test_commands_are_generated_from_the_table() -> None:
         opts = payloads[name]["options"]
         names = [o["name"] for o in opts]
         assert (names[0] == "prompt" and opts[0]["required"]) if cmd.takes_prompt else "prompt" not in names
-        assert len(opts) == len(cmd.options) + int(cmd.takes_prompt)
-        for o in opts[int(cmd.takes_prompt):]:
-            canonical = next(k for k in cmd.options if o["name"] in (k, *OPTIONS[k].aliases))
-            kind = OPTIONS[canonical].kind
-            assert o["type"] == {"str": 3, "list": 3, "float": 10, "int": 4}[kind]
-            assert o.get("autocomplete", False) == (OPTIONS[canonical].completes is not None)
-            assert len(o["description"]) <= 100
+        # A command with actions is one sub-command per action (its NAME or KEY a required first option).
+        assert names[:len(cmd.actions)] == [a.name for a in cmd.actions]
+        assert all(o["type"] == 1 for o in opts[:len(cmd.actions)])
+        groups = [(cmd.options, opts[int(cmd.takes_prompt):len(opts) - len(cmd.actions)])]
+        groups += [(a.options, sub["options"][int(a.takes is not None):])
+                   for a, sub in zip(cmd.actions, opts, strict=False)]
+        assert len(opts) == len(cmd.options) + int(cmd.takes_prompt) + len(cmd.actions)
+        for table, given in groups:
+            assert len(given) == len(table)
+            for o in given:
+                canonical = next(k for k in table if o["name"] in (k, *OPTIONS[k].aliases))
+                kind = OPTIONS[canonical].kind
+                assert o["type"] == {"str": 3, "list": 3, "float": 10, "int": 4}[kind]
+                assert o.get("autocomplete", False) == (OPTIONS[canonical].completes is not None)
+                assert len(o["description"]) <= 100
     assert "persona" in [o["name"] for o in payloads["ask"]["options"]]  # singular for one expert
     assert "personas" in [o["name"] for o in payloads["compare"]["options"]]
 

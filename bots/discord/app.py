@@ -1,9 +1,16 @@
 """The Discord bot's handlers (discord.py): interactions and mentions, a thin adapter over the core.
 
-- Slash commands ``/ask``, ``/compare``, ``/consensus``, ``/personas``,
-  ``/providers``, ``/usage`` and ``/help`` are generated from the one command
-  table (:mod:`bots.discord.commands`) and synced only when the table changed
-  (a hash kept in the store): to one guild with ``DISCORD_GUILD_ID``, else globally.
+- Slash commands (``/ask``, ``/compare``, ``/consensus``, ``/budget set``, ``/keys set``,
+  ``/panel save``…) are generated from the one command table
+  (:mod:`bots.discord.commands`) and synced only when the table changed (a hash kept
+  in the store): to one guild with ``DISCORD_GUILD_ID``, else globally.
+- Every request is made by a :class:`~core.governance.scope.Caller` (:func:`caller_of`,
+  :func:`message_caller`): the server (or the person's DMs), the channel (a thread's
+  parent: threads inherit its policy), the member's roles, whether Discord says they
+  may manage the server, and whether only they see it (slash commands answer
+  ephemerally; a mention in a channel is public). Governance admits a discussion
+  (policy, saved panel, own keys, budget) before it is acknowledged; its soft budget
+  alerts go to the workspace's admins by DM.
 - A discussion is deferred at once (ephemeral "thinking"), then a parent message
   in the channel says who asked what of whom, a thread is created from it, each
   turn streams into the thread as its own message through the shared Renderer
@@ -38,6 +45,8 @@ from bots.discord.sink import FRONT_END, DiscordSink
 from core import info
 from core.commands import COMMANDS, Request, parse, parse_line
 from core.errors import ParleyError, UsageError, redact
+from core.governance import Grant
+from core.governance.scope import Caller
 from core.render import Renderer
 from core.services import Services
 from core.threads import Admission, Requests, Ticket, discuss_in_thread
@@ -48,6 +57,73 @@ MENTION_HELP = (
     "\n\nMention me (`@Parley compare providers:a,b Question`) in a channel to start a thread, "
     "or in a thread to follow up."
 )
+
+
+# --- who asks, and where ----------------------------------------------------------------------------------
+
+
+def workspace_of(guild_id: int | None, user_id: int) -> str:
+    """A server is ``discord:<guild_id>``; a person's DMs with the bot are ``discord:dm:<user_id>``."""
+    return f"discord:{guild_id}" if guild_id else f"discord:dm:{user_id}"
+
+
+def _policy_channel(channel: Any, channel_id: int | None) -> str:
+    """Where a request counts as asked: a thread's parent channel (threads inherit its policy)."""
+    if isinstance(channel, discord.Thread) and channel.parent_id:
+        return str(channel.parent_id)
+    return str(channel_id) if channel_id else ""
+
+
+def _roles(member: Any) -> frozenset[str]:
+    """A member's role ids and names (a rule may name either), without @everyone."""
+    if not isinstance(member, discord.Member):
+        return frozenset()
+    roles = [r for r in member.roles if not r.is_default()]
+    return frozenset([str(r.id) for r in roles] + [r.name for r in roles])
+
+
+def _owns(guild: discord.Guild | None, user_id: int) -> bool:
+    return guild is not None and guild.owner_id is not None and guild.owner_id == user_id
+
+
+def caller_of(interaction: discord.Interaction) -> Caller:
+    """The person behind a slash command. Its answers are ephemeral, so it is private."""
+    user_id = interaction.user.id
+    perms = interaction.permissions  # the member's, in this channel (empty outside a server)
+    in_guild = interaction.guild_id is not None
+    return Caller(
+        workspace_of(interaction.guild_id, user_id),
+        str(user_id),
+        _policy_channel(interaction.channel, interaction.channel_id),
+        roles=_roles(interaction.user),
+        admin=in_guild and (perms.manage_guild or perms.administrator or _owns(interaction.guild, user_id)),
+        private=True,
+        front_end=FRONT_END,
+    )
+
+
+def message_caller(message: discord.Message, channel: Any) -> Caller:
+    """The person behind a mention (or a DM). A mention in a server channel is public."""
+    author = message.author
+    guild = message.guild
+    admin = False
+    if guild is not None and isinstance(author, discord.Member):
+        perms = author.guild_permissions
+        admin = perms.manage_guild or perms.administrator or _owns(guild, author.id)
+    return Caller(
+        workspace_of(guild.id if guild else None, author.id),
+        str(author.id),
+        _policy_channel(channel, channel.id),
+        roles=_roles(author),
+        admin=admin,
+        private=guild is None,
+        front_end=FRONT_END,
+    )
+
+
+def shown(message: str) -> str:
+    """A refusal as the person sees it: the core's sentence, marked once."""
+    return message if message.startswith(("⛔", "⚠️")) else f"⚠️ {message}"
 
 
 # --- the front-end ------------------------------------------------------------------------------------------
@@ -128,7 +204,8 @@ class DiscordFront(Requests):
             return
         options = list(data.get("options") or [])
         if interaction.type is discord.InteractionType.autocomplete:
-            choices = complete(self.services, name, options)
+            workspace = workspace_of(interaction.guild_id, interaction.user.id)
+            choices = complete(self.services, name, options, workspace=workspace)
             with contextlib.suppress(discord.HTTPException):
                 await interaction.response.autocomplete(
                     [app_commands.Choice(name=c["name"], value=c["value"]) for c in choices]
@@ -136,42 +213,82 @@ class DiscordFront(Requests):
             return
         if interaction.type is not discord.InteractionType.application_command:
             return
+        caller = caller_of(interaction)
+        ticket: Ticket | None = None
+        grant: Grant | None = None
         try:
-            limits = self.services.settings
-            req = request_from(name, options, max_prompt_chars=limits.max_prompt_chars, max_turns=limits.max_turns)
-            ticket = None
-            if req.mode is not None:
-                self.services.engine.panel(req)  # unknown persona/provider, missing key: say so now
-                ticket = self.admit(interaction.guild_id, interaction.user.id)
-        except (UsageError, ParleyError) as e:
-            await interaction.response.send_message(f"⚠️ {e.message}", ephemeral=True)
-            return
-        try:
+            try:
+                limits = self.services.settings
+                req = request_from(name, options, max_prompt_chars=limits.max_prompt_chars,
+                                   max_turns=limits.max_turns)
+                if req.mode is not None:
+                    ticket = self.admit(interaction.guild_id, interaction.user.id)
+                    # Policy, saved panel, own keys and budget: a refusal is said now, privately.
+                    grant = await self.services.governance.admit(
+                        req, caller, conversation=self._conversation(interaction.channel, interaction.channel_id)
+                    )
+            except (UsageError, ParleyError) as e:
+                await interaction.response.send_message(shown(e.message), ephemeral=True)
+                return
             # Defer within Discord's 3 seconds; everything slower happens after.
             await interaction.response.defer(ephemeral=True, thinking=True)
-            if req.mode is None:
-                await self._info(interaction, req.command)
+            if grant is None:
+                await self._info(interaction, req, caller)
             else:
-                await self._from_command(interaction, req)
+                self._alert(caller.workspace, grant.alerts)
+                await self._from_command(interaction, grant)
         finally:
+            if grant is not None:
+                grant.release()  # a no-op once the discussion settled it
             if ticket is not None:
                 ticket.release()
+
+    @staticmethod
+    def _conversation(channel: Any, channel_id: int | None) -> str | None:
+        """The conversation a discussion here continues: a thread's or a DM's (a new thread has none yet)."""
+        if channel_id is not None and isinstance(channel, (discord.Thread, discord.DMChannel)):
+            return f"discord:{channel_id}"
+        return None
 
     def admit(self, guild_id: int | None, user_id: int) -> Ticket:
         """A place for one more discussion in this server (or this person's DMs), or UsageError."""
         return self.admission.enter(str(guild_id) if guild_id else f"dm:{user_id}", str(user_id))
 
-    async def _info_text(self, name: str) -> str:
-        text = doc_to_markdown((await info.answer(self.services, name)).doc)
-        return text + MENTION_HELP if name == "help" else text
+    async def _info_text(self, req: Request, caller: Caller) -> str:
+        """The answer to a command that is not a discussion, or the sentence refusing it."""
+        try:
+            text = doc_to_markdown((await info.answer(self.services, req, caller=caller)).doc)
+        except (UsageError, ParleyError) as e:
+            return shown(e.message)
+        return text + MENTION_HELP if req.command == "help" else text
 
-    async def _info(self, interaction: discord.Interaction, name: str) -> None:
-        parts = chunks(await self._info_text(name))
+    async def _info(self, interaction: discord.Interaction, req: Request, caller: Caller) -> None:
+        parts = chunks(await self._info_text(req, caller))
         await interaction.edit_original_response(content=parts[0])
         for part in parts[1:]:
             await interaction.followup.send(part, ephemeral=True)
 
-    async def _from_command(self, interaction: discord.Interaction, req: Request) -> None:
+    # --- budget alerts --------------------------------------------------------------------------------
+    def _alert(self, workspace: str, alerts: list[str]) -> None:
+        """Tell the workspace's admins, by DM, that a soft budget threshold was crossed (in the background)."""
+        if alerts:
+            self.spawn(self._send_alerts(workspace, "\n".join(alerts)))
+
+    async def _send_alerts(self, workspace: str, text: str) -> None:
+        for admin_id in self.services.governance.admins(workspace):
+            if not admin_id.isdigit():  # an id of another platform in PARLEY_ADMINS
+                continue
+            try:
+                dm = await self.client.create_dm(discord.Object(int(admin_id)))
+                for part in chunks(text):
+                    await self.budgets.channel(dm.id).acquire(0.0)
+                    await dm.send(content=part, allowed_mentions=NO_MENTIONS)
+            except discord.HTTPException as e:
+                log.warning("could not DM a budget alert to admin %s (%s): %s", admin_id, e.status, redact(e.text))
+
+    async def _from_command(self, interaction: discord.Interaction, grant: Grant) -> None:
+        req = grant.request  # as admitted: a saved panel and the channel's defaults filled in
+
         async def tell(message: str) -> None:
             with contextlib.suppress(discord.HTTPException):
                 await interaction.edit_original_response(content=message)
@@ -190,7 +307,7 @@ class DiscordFront(Requests):
         if channel is None or interaction.channel_id is None:
             await tell("⚠️ I can't tell which channel this came from; please try again in a channel.")
             return
-        panel = ", ".join(p.title for p in self.services.engine.panel(req))
+        panel = ", ".join(p.title for p in grant.panel)
         quoted = "\n".join("> " + line for line in req.prompt.splitlines()) or "> …"
         parent_text = f"{interaction.user.mention} asked · **/{req.command}** · {panel}\n{quoted}"
         parent_text = parent_text[:CONTENT_LIMIT]
@@ -214,7 +331,7 @@ class DiscordFront(Requests):
             await tell(f"🧵 Answering in <#{target}>.")
         else:
             await tell("✅ Answering below.")
-        await self._discuss(req, target, in_thread=in_guild, on_problem=tell)
+        await self._discuss(grant, target, in_thread=in_guild, on_problem=tell)
 
     # --- mentions -------------------------------------------------------------------------------------
     async def on_message(self, message: discord.Message) -> None:
@@ -236,54 +353,64 @@ class DiscordFront(Requests):
                 with contextlib.suppress(discord.HTTPException):
                     await message.reply(content=part, mention_author=False, allowed_mentions=NO_MENTIONS)
 
-        try:
-            limits = self.services.settings
-            req = parse_line(text, max_prompt_chars=limits.max_prompt_chars, max_turns=limits.max_turns) if text else (
-                parse("help", "")
-            )
-            ticket = None
-            if req.mode is not None:
-                self.services.engine.panel(req)
-                ticket = self.admit(message.guild.id if message.guild else None, message.author.id)
-        except (UsageError, ParleyError) as e:
-            await reply(f"⚠️ {e.message}")
-            return
-        if ticket is None:
-            await reply(await self._info_text(req.command))
-            return
-        try:
-            await self._discuss_message(message, req, reply)
-        finally:
-            ticket.release()
-
-    async def _discuss_message(
-        self, message: discord.Message, req: Request, reply: Callable[[str], Awaitable[Any]]
-    ) -> None:
         channel: Any = message.channel
         if message.guild is not None and not isinstance(channel, (discord.Thread, discord.abc.GuildChannel)):
-            # Not in the cache (a thread created before we connected): ask Discord what it is.
+            # Not in the cache (a thread created before we connected): ask Discord what it is
+            # (its parent channel's policy applies, and a mention in it is a follow-up).
             with contextlib.suppress(discord.HTTPException):
                 channel = await self.client.fetch_channel(channel.id)
+        caller = message_caller(message, channel)
+        ticket: Ticket | None = None
+        grant: Grant | None = None
+        try:
+            try:
+                limits = self.services.settings
+                req = parse_line(text, max_prompt_chars=limits.max_prompt_chars,
+                                 max_turns=limits.max_turns) if text else parse("help", "")
+                if req.mode is not None:
+                    ticket = self.admit(message.guild.id if message.guild else None, message.author.id)
+                    in_conversation = isinstance(channel, discord.Thread) or message.guild is None
+                    grant = await self.services.governance.admit(
+                        req, caller, conversation=f"discord:{channel.id}" if in_conversation else None
+                    )
+            except (UsageError, ParleyError) as e:
+                await reply(shown(e.message))  # never the text itself: it may hold a key
+                return
+            if grant is None:
+                # A key typed here is refused by the core (admin.PASTED) before anything is stored.
+                await reply(await self._info_text(req, caller))
+                return
+            self._alert(caller.workspace, grant.alerts)
+            await self._discuss_message(message, channel, grant, reply)
+        finally:
+            if grant is not None:
+                grant.release()
+            if ticket is not None:
+                ticket.release()
+
+    async def _discuss_message(
+        self, message: discord.Message, channel: Any, grant: Grant, reply: Callable[[str], Awaitable[Any]]
+    ) -> None:
         if isinstance(channel, discord.Thread) or message.guild is None:
-            await self._discuss(req, channel.id, in_thread=message.guild is not None, on_problem=reply)
+            await self._discuss(grant, channel.id, in_thread=message.guild is not None, on_problem=reply)
             return
         try:
-            thread = await message.create_thread(name=thread_name(req.prompt))
+            thread = await message.create_thread(name=thread_name(grant.request.prompt))
         except discord.HTTPException as e:
             await reply(permission_message("create_thread", e) if e.status in (403, 404) else
                         f"⚠️ Discord did not let me start a thread ({e.status}).")
             return
-        await self._discuss(req, thread.id, in_thread=True, on_problem=reply)
+        await self._discuss(grant, thread.id, in_thread=True, on_problem=reply)
 
     # --- the discussion, streamed into the thread -----------------------------------------------------
     async def _discuss(
-        self, req: Request, channel_id: int, *, in_thread: bool, on_problem: Callable[[str], Awaitable[Any]]
+        self, grant: Grant, channel_id: int, *, in_thread: bool, on_problem: Callable[[str], Awaitable[Any]]
     ) -> None:
         def make_sink(discussion_id: str) -> DiscordSink:
             return DiscordSink(self.client, channel_id, self.budgets, in_thread=in_thread, on_problem=on_problem)
 
         await discuss_in_thread(
-            self.services, req, conversation=f"discord:{channel_id}", front_end=FRONT_END,
+            self.services, grant, conversation=f"discord:{channel_id}", front_end=FRONT_END,
             thread=(str(channel_id), {"channel": channel_id}), make_sink=make_sink, on_error=on_problem,
             on_renderer=self.on_renderer,
         )

@@ -9,6 +9,7 @@ split shards across processes).
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -80,8 +81,26 @@ def parse_shards(spec: str | None) -> dict[str, Any] | None:
     )
 
 
+#: Gateway events that carry what people typed (a ``/keys set`` key, a key pasted in a DM).
+_TYPED = frozenset({"INTERACTION_CREATE", "MESSAGE_CREATE", "MESSAGE_UPDATE"})
+
+
+class _NoTypedText(logging.Filter):
+    """discord.py logs every gateway event whole at DEBUG (``discord.gateway``), before Parley
+    has read it: drop the events that carry people's text, so a key never reaches a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not any(isinstance(a, dict) and a.get("t") in _TYPED for a in args)
+
+
+_GATEWAY_FILTER = _NoTypedText()
+
+
 def make_client(settings: DiscordSettings, **options: Any) -> discord.Client:
-    """The discord.py client: no privileged intents, no pings, 429s surfaced to the renderer."""
+    """The discord.py client: no privileged intents, no pings, 429s surfaced to the renderer,
+    no typed text in discord.py's debug log."""
+    logging.getLogger("discord.gateway").addFilter(_GATEWAY_FILTER)  # once: a filter is added once
     intents = discord.Intents.default()
     intents.typing = False
     intents.message_content = False  # mentions and DMs still carry their content

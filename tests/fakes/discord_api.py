@@ -6,8 +6,9 @@ commands are kept so tests can read the final state of a channel.
 
 Endpoints: ``GET /users/@me``, ``GET /oauth2/applications/@me``, application
 command bulk overwrite/list (global and guild), channel messages create / edit /
-get, thread from a message, interaction callback, original response edit and
-follow-ups.
+get, thread from a message, a DM channel with a user (``POST /users/@me/channels``;
+:meth:`FakeDiscordAPI.dm_messages` reads what was sent there), interaction callback,
+original response edit and follow-ups.
 
 Knobs:
 
@@ -109,6 +110,7 @@ class FakeDiscordAPI:
         self.messages: dict[int, StoredMessage] = {}
         self.threads: dict[int, dict[str, Any]] = {}
         self.channel_guild: dict[int, int] = {}
+        self.dms: dict[int, int] = {}  # user id -> their DM channel with the bot
         self.commands: dict[str, list[dict[str, Any]]] = {}  # "global" or guild id -> commands
         self.interaction_responses: list[dict[str, Any]] = []
         self.original_edits: list[dict[str, Any]] = []
@@ -135,6 +137,7 @@ class FakeDiscordAPI:
         r.add_get("/api/v10/applications/{app}/commands", self._get_commands)
         r.add_put("/api/v10/applications/{app}/guilds/{guild}/commands", self._put_commands)
         r.add_get("/api/v10/applications/{app}/guilds/{guild}/commands", self._get_commands)
+        r.add_post("/api/v10/users/@me/channels", self._create_dm)
         r.add_get("/api/v10/channels/{channel}", self._get_channel)
         r.add_post("/api/v10/channels/{channel}/messages", self._create_message)
         r.add_get("/api/v10/channels/{channel}/messages/{message}", self._get_message)
@@ -171,6 +174,11 @@ class FakeDiscordAPI:
     # --- queries for tests ----------------------------------------------------------------------
     def channel_messages(self, channel_id: int) -> list[StoredMessage]:
         return sorted((m for m in self.messages.values() if m.channel_id == channel_id), key=lambda m: m.id)
+
+    def dm_messages(self, user_id: int) -> list[StoredMessage]:
+        """What the bot sent the user in a DM."""
+        channel = self.dms.get(user_id)
+        return [] if channel is None else self.channel_messages(channel)
 
     def calls_to(self, method: str, fragment: str) -> list[Call]:
         return [c for c in self.calls if c.method == method and fragment in c.path]
@@ -323,6 +331,15 @@ class FakeDiscordAPI:
         return {"id": str(channel_id), "type": 0, "guild_id": str(guild or 0), "name": f"channel-{channel_id}",
                 "position": 0, "permission_overwrites": [], "nsfw": False, "parent_id": None, "topic": None,
                 "last_message_id": None, "rate_limit_per_user": 0, "flags": 0}
+
+    async def _create_dm(self, request: web.Request) -> web.Response:
+        recipient = int((request[JSON] or {}).get("recipient_id") or 0)
+        if not recipient:
+            return _jr({"message": "Invalid Form Body", "code": 50035}, status=400)
+        channel = self.dms.setdefault(recipient, snowflake())
+        return _jr({"id": str(channel), "type": 1, "last_message_id": None, "flags": 0,
+                    "recipients": [{"id": str(recipient), "username": f"user-{recipient}", "discriminator": "0",
+                                    "global_name": None, "avatar": None}]})
 
     async def _get_channel(self, request: web.Request) -> web.Response:
         channel = int(request.match_info["channel"])
