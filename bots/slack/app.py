@@ -11,7 +11,14 @@
   :mod:`bots.slack.main` serves it, or connects in Socket Mode.
 - Bolt authorises each request from a per-workspace cache of ``auth.test``
   (:mod:`bots.slack.auth`); discussions are capped per workspace and per person
-  (:class:`core.threads.Admission`), checked before a command is acknowledged.
+  (:class:`core.threads.Admission`) and admitted by governance (policy, budget,
+  own keys: :meth:`core.governance.Governance.admit`) before a command is
+  acknowledged; soft budget alerts are sent to the workspace's admins by DM.
+- Everything else (``/budget``, ``/policy``, ``/keys``, ``/panel``, ``/usage``,
+  ``/forget``, information) is answered by :func:`core.info.answer` after the
+  acknowledgement, for a caller whose admin flag comes from ``users.info``
+  (:mod:`bots.slack.admins`). ``/keys set`` without a key opens a modal; App Home
+  shows spend, budgets and controls (:mod:`bots.slack.home`).
 - Budgets are kept per workspace and per channel only while they matter
   (:mod:`bots.slack.budgets`); every text Parley did not write goes through
   :func:`bots.slack.format.escape`.
@@ -34,17 +41,22 @@ from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bots.slack import http
+from bots.slack import home, http, views
+from bots.slack.admins import Admins
 from bots.slack.auth import Authorizer
 from bots.slack.budgets import IdleMap, WorkspaceBudgets
 from bots.slack.errors import response_header, retry_after, slack_error
 from bots.slack.format import doc_to_mrkdwn, escape, to_mrkdwn
+from bots.slack.home import warning
 from bots.slack.manifest import slash_commands
 from bots.slack.recovery import recover
 from bots.slack.sink import FRONT_END, STREAM_LIFE, SlackSink
 from core import info
-from core.commands import UMBRELLA, Request, parse, parse_line
+from core.commands import OPTIONS, UMBRELLA, Request, parse, parse_line
 from core.errors import ParleyError, UsageError, redact
+from core.governance import Grant
+from core.governance.keys import OFF
+from core.governance.scope import Caller
 from core.present import code, line, strong
 from core.services import Services
 from core.threads import Admission, Requests, Ticket, discuss_in_thread
@@ -54,6 +66,12 @@ log = logging.getLogger("parley.slack")
 _AUTH_ERRORS = ("invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired")
 #: Appended to the help in Slack.
 MENTION_HINT = line("Mention me (", code("@Parley compare …"), ") in a thread to follow up.")
+#: Commands whose answer depends on whether the person is an admin (users.info is asked for these only).
+ADMIN_AWARE = frozenset({"budget", "policy", "keys", "panel", "usage", "forget"})
+#: Every name (and alias) of an option: a word ``name:value`` with one of these is an option.
+_OPTION_NAMES = frozenset(n for o in OPTIONS.values() for n in (o.name, *o.aliases))
+#: How long a modal submission may wait for users.info (Slack wants its answer within 3 s).
+SUBMIT_LOOKUP_SECONDS = 1.5
 
 
 class Dedupe:
@@ -101,6 +119,7 @@ class SlackFront(Requests):
         self.bot_user_id: str | None = None
         self.team_id: str | None = None
         self.authorizer = Authorizer(client)
+        self.admins = Admins(client)
         self.app = AsyncApp(
             # Tokenless: bolt then authorises with ``authorize`` (one auth.test per
             # workspace) instead of an auth.test per request until the first answers.
@@ -114,6 +133,11 @@ class SlackFront(Requests):
             self.app.command(f"/{name}")(self.on_command)
         self.app.event("app_mention")(self.on_mention)
         self.app.event("message")(self.on_message)
+        self.app.event("app_home_opened")(self.on_home_opened)
+        for action_id in (views.OPEN_BUDGET, views.OPEN_POLICY, views.OPEN_KEY):
+            self.app.action(action_id)(self.on_home_button)
+        for callback_id in (views.KEYS_SET, views.BUDGET_SET, views.POLICY_ADD):
+            self.app.view_submission(callback_id)(self.on_submit)
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -148,42 +172,120 @@ class SlackFront(Requests):
         """A place for one more discussion, or UsageError saying Parley is busy."""
         return self.admission.enter(self.workspace(team), user)
 
+    def caller(self, team: str | None, user: str, channel: str, *, private: bool) -> Caller:
+        """Who asks, where (a thread is in its channel): the scope of policy, budgets, keys and panels."""
+        return Caller(f"slack:{self.workspace(team)}", user, channel, private=private, front_end=FRONT_END)
+
+    def conversation(self, team: str | None, channel: str, thread_ts: str) -> str:
+        return f"slack:{team or self.team_id}:{channel}:{thread_ts}"
+
+    async def _admitted(self, req: Request, caller: Caller, *, conversation: str | None = None) -> Grant:
+        """Governance's admission (policy, panel, keys, budget reservation); raises its refusal."""
+        grant = await self.services.governance.admit(req, caller, conversation=conversation)
+        if grant.alerts:
+            self.spawn(self._send_alerts(caller.workspace, list(grant.alerts)))
+        return grant
+
+    async def _send_alerts(self, workspace: str, alerts: list[str]) -> None:
+        """Soft budget alerts, by DM to each admin; a DM that fails is logged and the rest go on."""
+        team = workspace.removeprefix("slack:")
+        for admin in self.services.governance.admins(workspace):
+            for text in alerts:
+                try:
+                    await self.budgets(team).post(admin).acquire(0.0)
+                    await self.client.chat_postMessage(channel=admin, text=escape(text))
+                except SlackApiError as e:
+                    log.warning("Slack: could not DM a budget alert to %s (%s)", admin, slack_error(e))
+                except Exception as e:
+                    log.warning("Slack: could not DM a budget alert to %s (%s)", admin, redact(str(e)))
+
     # --- slash commands ----------------------------------------------------------------------------
     async def on_command(self, ack: Any, command: dict[str, Any], respond: Any) -> None:
         name = command["command"].lstrip("/")
         text = (command.get("text") or "").strip()
+        team, user = command.get("team_id"), command["user_id"]
         max_chars, turns = self.services.settings.max_prompt_chars, self.services.settings.max_turns
+        asked = _key_form(name, text)
+        if asked is not None:  # /keys set provider:NAME without a key: ask for it where nobody else sees it
+            await ack()
+            self.spawn(self._open_key_modal(command, asked, respond))
+            return
+        # Slash commands and their answers are seen by the person who typed them only.
+        caller = self.caller(team, user, command.get("channel_id", ""), private=True)
+        ticket: Ticket | None = None
+        grant: Grant | None = None
         try:
             if name == UMBRELLA:
                 req = parse("help", "") if not text else parse_line(text, max_prompt_chars=max_chars, max_turns=turns)
             else:
                 req = parse(name, text, max_prompt_chars=max_chars, max_turns=turns)
             if req.mode is not None:
-                self.services.engine.panel(req)  # unknown persona/provider, missing key: say so now
-            ticket = None if req.mode is None else self.admit(command.get("team_id"), command["user_id"])
+                ticket = self.admit(team, user)
+                grant = await self._admitted(req, caller)
         except (UsageError, ParleyError) as e:
-            await ack(text=escape(f"⚠️ {e.message}"))
+            if ticket is not None:
+                ticket.release()
+            await ack(text=escape(warning(e)))
             return
-        await ack()
-        if ticket is None:
-            self.spawn(self._info(req.command, respond))
+        except BaseException:
+            if ticket is not None:
+                ticket.release()
+            raise
+        try:
+            await ack()
+        except BaseException:
+            if ticket is not None and grant is not None:
+                ticket.release()
+                grant.release()
+            raise
+        if ticket is None or grant is None:
+            self.spawn(self._info(req, caller, respond))
             return
-        task = self.spawn(self._from_command(req, command, respond))
-        task.add_done_callback(lambda _: ticket.release())  # even if cancelled before it starts
+        task = self.spawn(self._from_command(grant, command, respond))
+        task.add_done_callback(lambda _: _release(ticket, grant))  # even if cancelled before it starts
 
-    async def _info(self, name: str, respond: Callable[..., Awaitable[Any]]) -> None:
-        await respond(text=await self._info_text(name), response_type="ephemeral")
+    async def _info(self, req: Request, caller: Caller, respond: Callable[..., Awaitable[Any]]) -> None:
+        text, _ = await self._answer(req, caller)
+        await respond(text=text, response_type="ephemeral")
 
-    async def _info_text(self, name: str) -> str:
-        doc = (await info.answer(self.services, name)).doc
-        if name == "help":
+    async def _answer(self, req: Request, caller: Caller) -> tuple[str, bool]:
+        """A command that is not a discussion, answered by core: (mrkdwn, whether it succeeded)."""
+        if req.command in ADMIN_AWARE:
+            caller = await self.admins.check(caller)
+        try:
+            doc = (await info.answer(self.services, req, caller=caller)).doc
+        except (UsageError, ParleyError) as e:
+            return escape(warning(e)), False
+        if req.command == "help":
             doc = [*doc, line(), MENTION_HINT]
-        return doc_to_mrkdwn(doc)
+        return doc_to_mrkdwn(doc), True
 
-    async def _from_command(self, req: Request, command: dict[str, Any], respond: Any) -> None:
+    async def _open_key_modal(self, command: dict[str, Any], options: dict[str, str], respond: Any) -> None:
+        if not self.services.governance.own_keys_enabled:
+            await respond(text=escape(f"⚠️ {OFF}"), response_type="ephemeral")
+            return
+        provider = options.get("provider", options.get("providers", "")).split(",")[0].split("/")[0].lower()
+        view = views.key_modal(
+            home.key_providers(self.services),
+            provider=provider or None,
+            scope=options.get("scope", "user"),
+            metadata={"channel": command.get("channel_id", ""), "from": "command"},
+        )
+        try:
+            await self.client.views_open(trigger_id=command.get("trigger_id", ""), view=view)
+        except SlackApiError as e:
+            log.warning("Slack: views.open failed (%s)", slack_error(e))
+            await respond(
+                text="⚠️ I could not open the form to set a key (it must open within 3 s). Run the command "
+                "again, or set it in a direct message with me: `keys set provider:NAME KEY`.",
+                response_type="ephemeral",
+            )
+
+    async def _from_command(self, grant: Grant, command: dict[str, Any], respond: Any) -> None:
         channel, user, team = command["channel_id"], command["user_id"], command.get("team_id")
         budgets = self.budgets(team)
-        panel = ", ".join(p.title for p in self.services.engine.panel(req))
+        req = grant.request  # as admitted: a saved panel and the channel's defaults filled in
+        panel = ", ".join(p.title for p in grant.panel)
         quoted = "\n".join("> " + ln for ln in to_mrkdwn(req.prompt).splitlines())
         asked = doc_to_mrkdwn([line(strong(req.command), f" · {panel}")])
         parent_text = f"<@{user}> asked · {asked}\n{quoted}"
@@ -209,7 +311,7 @@ class SlackFront(Requests):
             )
             return
         await self._discuss(
-            req, team, channel, ts, user, on_error=lambda m: respond(text=escape(m), response_type="ephemeral")
+            grant, team, channel, ts, user, on_error=lambda m: respond(text=escape(m), response_type="ephemeral")
         )
 
     # --- mentions and direct messages -----------------------------------------------------------
@@ -232,6 +334,8 @@ class SlackFront(Requests):
         channel, user = event["channel"], event.get("user", "")
         thread_ts = event.get("thread_ts") or event["ts"]
         text = _strip_mention(event.get("text") or "", self.bot_user_id)
+        # A direct message is seen by this person only; a mention in a channel by everyone there.
+        caller = self.caller(team, user, channel, private=event.get("channel_type") == "im")
 
         async def ephemeral(message: str) -> None:
             with contextlib.suppress(SlackApiError):
@@ -247,28 +351,88 @@ class SlackFront(Requests):
                 else parse("help", "")
             )
         except UsageError as e:
-            await ephemeral(f"⚠️ {e.message}")
+            await ephemeral(warning(e))
             return
         if req.mode is None:
+            answer, ok = await self._answer(req, caller)
+            if not ok:  # a refusal (a key typed in a channel, an admin command) only for the one who asked
+                with contextlib.suppress(SlackApiError):
+                    await self.client.chat_postEphemeral(channel=channel, user=user, thread_ts=thread_ts, text=answer)
+                return
             await self.budgets(team).post(channel).acquire(0.0)
-            await self.client.chat_postMessage(
-                channel=channel, thread_ts=thread_ts, text=await self._info_text(req.command)
-            )
+            await self.client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=answer)
             return
         try:
             ticket = self.admit(team, user)
         except UsageError as e:
-            await ephemeral(f"⚠️ {e.message}")
+            await ephemeral(warning(e))
             return
         try:
-            await self._discuss(req, team, channel, thread_ts, user, on_error=ephemeral)
+            try:
+                grant = await self._admitted(req, caller, conversation=self.conversation(team, channel, thread_ts))
+            except (UsageError, ParleyError) as e:
+                await ephemeral(warning(e))
+                return
+            try:
+                await self._discuss(grant, team, channel, thread_ts, user, on_error=ephemeral)
+            finally:
+                grant.release()
         finally:
             ticket.release()
+
+    # --- App Home and modals ----------------------------------------------------------------------
+    async def on_home_opened(self, body: dict[str, Any], event: dict[str, Any]) -> None:
+        if event.get("tab", "home") != "home" or not event.get("user"):
+            return  # the Messages tab
+        if not self.dedupe.first(body.get("event_id")):
+            return
+        self.spawn(self.publish_home(body.get("team_id"), event["user"]))
+
+    async def publish_home(self, team: str | None, user: str) -> None:
+        """Build and publish ``user``'s Home tab (after it opens, and after a change made from it)."""
+        caller = await self.admins.check(self.caller(team, user, "", private=True))
+        view = await home.home_view(self.services, caller)
+        try:
+            await self.client.views_publish(user_id=user, view=view)
+        except SlackApiError as e:
+            log.warning("Slack: views.publish failed (%s)", slack_error(e))
+
+    async def on_home_button(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        view = home.opened(self.services, action.get("action_id", ""), {"from": "home"})
+        if view is not None:
+            self.spawn(self._open_modal(body.get("trigger_id", ""), view))
+        await ack()
+
+    async def _open_modal(self, trigger_id: str, view: dict[str, Any]) -> None:
+        try:
+            await self.client.views_open(trigger_id=trigger_id, view=view)
+        except SlackApiError as e:
+            log.warning("Slack: views.open failed (%s)", slack_error(e))
+
+    async def on_submit(self, ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
+        """A modal's submission, answered by core as the command it stands for; a refusal goes back
+        on the field it is about (``response_action: errors``), success replaces the modal with the answer."""
+        team = (body.get("team") or {}).get("id") or (body.get("user") or {}).get("team_id")
+        user = (body.get("user") or {}).get("id", "")
+        callback_id = view.get("callback_id", "")
+        values = views.values(view)
+        channel = values.get("channel") or views.metadata(view).get("channel") or ""
+        caller = self.caller(team, user, str(channel), private=True)  # only this person sees a modal
+        form = None
+        try:
+            form = home.form(callback_id, values)
+            caller = await self.admins.check(caller, within=SUBMIT_LOOKUP_SECONDS)
+            answer = await info.answer(self.services, form.request, caller=caller)
+        except (UsageError, ParleyError) as e:
+            await ack(response_action="errors", errors=home.errors(e, form, callback_id))
+            return
+        self.spawn(self.publish_home(team, user))  # the change is committed: show it
+        await ack(response_action="update", view=views.notice(form.title, doc_to_mrkdwn(answer.doc)))
 
     # --- the discussion, streamed into the thread ---------------------------------------------
     async def _discuss(
         self,
-        req: Request,
+        grant: Grant,
         team: str | None,
         channel: str,
         thread_ts: str,
@@ -276,7 +440,7 @@ class SlackFront(Requests):
         *,
         on_error: Callable[[str], Awaitable[Any]],
     ) -> None:
-        conversation = f"slack:{team or self.team_id}:{channel}:{thread_ts}"
+        conversation = self.conversation(team, channel, thread_ts)
 
         def make_sink(discussion_id: str) -> SlackSink:
             return SlackSink(
@@ -292,13 +456,38 @@ class SlackFront(Requests):
 
         await discuss_in_thread(
             self.services,
-            req,
+            grant,
             conversation=conversation,
             front_end=FRONT_END,
             thread=(f"{channel}:{thread_ts}", {"channel": channel, "ts": thread_ts}),
             make_sink=make_sink,
             on_error=on_error,
         )
+
+
+def _release(ticket: Ticket, grant: Grant) -> None:
+    ticket.release()
+    grant.release()  # settles nothing if the discussion settled itself
+
+
+def _key_form(name: str, text: str) -> dict[str, str] | None:
+    """For ``/keys set [provider:NAME] [scope:…]`` with no key (also under ``/parley``): its options."""
+    words = text.split()
+    if name == UMBRELLA:
+        if not words or words[0].lower().lstrip("/") != "keys":
+            return None
+        words = words[1:]
+    elif name != "keys":
+        return None
+    if not words or words[0].lower() != "set":
+        return None
+    options: dict[str, str] = {}
+    for w in words[1:]:
+        key, sep, value = w.partition(":")
+        if not sep or key.lower() not in _OPTION_NAMES:
+            return None  # a key was typed (or something else): core answers it
+        options[key.lower()] = value
+    return options
 
 
 def _strip_mention(text: str, bot_user_id: str | None) -> str:

@@ -3,6 +3,7 @@
 ``parley slack manifest`` prints it; paste it at https://api.slack.com/apps →
 Create New App → From a manifest. The slash commands come from
 :data:`core.commands.COMMANDS`, so the app Slack knows cannot drift from the code.
+Interactivity (App Home buttons and modals) goes to the same request URL as events.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ BOT_SCOPES = {
     "im:history": "answer direct messages",
     "im:read": "answer direct messages",
     "im:write": "answer direct messages",
+    "users:read": "tell workspace admins and owners (users.info) from others for admin commands and App Home",
 }
-BOT_EVENTS = ["app_mention", "message.im"]
+BOT_EVENTS = ["app_mention", "message.im", "app_home_opened"]
 
 
 def slash_commands() -> list[str]:
@@ -59,7 +61,8 @@ def manifest(*, socket_mode: bool, request_url: str | None = None) -> dict[str, 
             "bot_events": BOT_EVENTS,
             **({} if socket_mode else {"request_url": request_url}),
         },
-        "interactivity": {"is_enabled": False},
+        # App Home buttons and modals (views.open, view_submission) arrive here.
+        "interactivity": {"is_enabled": True, **({} if socket_mode else {"request_url": request_url})},
         "org_deploy_enabled": False,
         "socket_mode_enabled": socket_mode,
         "token_rotation_enabled": False,
@@ -72,7 +75,11 @@ def manifest(*, socket_mode: bool, request_url: str | None = None) -> dict[str, 
             "background_color": "#2c2d30",
         },
         "features": {
-            "app_home": {"messages_tab_enabled": True, "messages_tab_read_only_enabled": False},
+            "app_home": {
+                "home_tab_enabled": True,
+                "messages_tab_enabled": True,
+                "messages_tab_read_only_enabled": False,
+            },
             "bot_user": {"display_name": "Parley", "always_online": True},
             "slash_commands": commands,
         },

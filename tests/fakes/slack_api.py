@@ -9,6 +9,11 @@ and benchmarks can measure when text became visible.
 
 Rate limits are enforced as sliding windows (``limits``: calls per window per
 method per workspace; ``post_per_channel`` for ``chat.postMessage``).
+
+``users.info`` answers from ``admins`` / ``owners`` (ids that are workspace admins or
+owners); ``views.publish`` keeps each person's App Home in ``homes`` and
+``views.open`` each modal in ``modals``, both refusing what Slack refuses (over 100
+blocks, a section over 3,000 characters, a modal without a ``trigger_id``).
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ class FakeSlackAPI:
         *,
         bot_token: str,
         app_token: str | None = None,
-        scopes: str = "commands,chat:write,chat:write.customize,app_mentions:read,im:history",
+        scopes: str = "commands,chat:write,chat:write.customize,app_mentions:read,im:history,users:read",
         limits: dict[str, tuple[int, float]] | None = None,
         post_per_channel: tuple[int, float] | None = None,
     ) -> None:
@@ -89,6 +94,11 @@ class FakeSlackAPI:
         self.socket_acks: list[dict[str, Any]] = []
         self.socket_connected = asyncio.Event()
         self.changed = asyncio.Event()
+        # People and surfaces
+        self.admins: set[str] = set()
+        self.owners: set[str] = set()
+        self.homes: dict[str, dict[str, Any]] = {}  # user id -> the App Home view last published
+        self.modals: list[dict[str, Any]] = []  # views.open arguments, in order
 
     # --- server ---------------------------------------------------------------------------------------
     @property
@@ -104,6 +114,7 @@ class FakeSlackAPI:
         app.add_routes(
             [
                 web.post("/api/{method}", self._api),
+                web.get("/api/{method}", self._api),  # slack_sdk sends users.info as a GET
                 web.post("/hooks/{hook}", self._hook),
                 web.get("/link", self._socket),
                 web.get("/_dump", self._dump),
@@ -269,6 +280,63 @@ class FakeSlackAPI:
         m.show(text)
         self.messages[ts] = m
         return {"ok": True, "channel": m.channel, "ts": ts, "message": {"text": text, "ts": ts}}, {}
+
+    def _m_users_info(self, args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        uid = str(args.get("user") or "")
+        if not uid:
+            return {"ok": False, "error": "user_not_found"}, {}
+        if "users:read" not in self.scopes.split(","):
+            return {"ok": False, "error": "missing_scope", "needed": "users:read"}, {}
+        return {
+            "ok": True,
+            "user": {
+                "id": uid,
+                "team_id": "T0TEST",
+                "name": uid.lower(),
+                "is_bot": False,
+                "is_admin": uid in self.admins or uid in self.owners,
+                "is_owner": uid in self.owners,
+                "is_primary_owner": False,
+            },
+        }, {}
+
+    @staticmethod
+    def _view_error(view: Any, kind: str) -> str | None:
+        """What Slack answers for a view it refuses (limits from the Block Kit reference)."""
+        if not isinstance(view, dict) or view.get("type") != kind:
+            return "invalid_arguments"
+        blocks = view.get("blocks") or []
+        if len(blocks) > 100:
+            return "invalid_arguments"
+        for b in blocks:
+            text = (b.get("text") or {}).get("text", "") if b.get("type") == "section" else ""
+            if len(text) > 3000:
+                return "invalid_arguments"
+        if kind == "modal" and len(str((view.get("title") or {}).get("text", ""))) > 24:
+            return "invalid_arguments"
+        return None
+
+    def _m_views_publish(self, args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        view = args.get("view")
+        if isinstance(view, str):
+            view = json.loads(view)
+        error = self._view_error(view, "home")
+        if error or not args.get("user_id"):
+            return {"ok": False, "error": error or "invalid_arguments"}, {}
+        self.homes[str(args["user_id"])] = view
+        return {"ok": True, "view": {"id": "VHOME", **view}}, {}
+
+    def _m_views_open(self, args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        view = args.get("view")
+        if isinstance(view, str):
+            view = json.loads(view)
+        if not args.get("trigger_id"):
+            return {"ok": False, "error": "invalid_trigger_id"}, {}
+        error = self._view_error(view, "modal")
+        if error:
+            return {"ok": False, "error": error}, {}
+        self.modals.append({**args, "view": view})
+        return {"ok": True, "view": {"id": f"VMODAL{len(self.modals)}", **view}}, {}
 
     def _m_chat_postEphemeral(self, args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
         self.ephemeral.append(args)
