@@ -1,7 +1,7 @@
 """Run every benchmark, then refresh the summary in README.md.
 
     python -m bench.run            # all
-    python -m bench.run core       # one (core, slack, discord)
+    python -m bench.run core       # one (core, slack, discord, governance)
 
 Each benchmark module has ``main() -> dict`` that writes
 ``bench/results/<name>.json`` (+ a PNG chart) and returns a ``summary`` list of
@@ -17,7 +17,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-BENCHES = {"core": "bench.core_bench", "slack": "bench.slack_bench", "discord": "bench.discord_bench"}
+BENCHES = {
+    "core": "bench.core_bench",
+    "slack": "bench.slack_bench",
+    "discord": "bench.discord_bench",
+    "governance": "bench.governance_bench",
+}
 MARK = "<!-- bench-summary -->"
 
 
