@@ -336,6 +336,8 @@ def _parse_action(cmd: Command, text: str) -> Request:
         action, words = cmd.action(first), words[1:]
     elif not words or _OPTION_TOKEN.fullmatch(words[0]):
         action = cmd.actions[0]
+    elif any(a.takes == "secret" for a in cmd.actions):  # the word may be a key: never quote it
+        raise UsageError(f"/{cmd.name} takes an action first: {', '.join(names)}. Usage: {cmd.usage}")
     else:
         raise UsageError(suggest(_shown(words[0], 20), names, f"/{cmd.name} action") + f" Usage: {cmd.usage}")
     secret = action.takes == "secret"

@@ -137,9 +137,9 @@ class Writer:
             self._pending += 1
         self._queue.put((0 if urgent else 1, next(self._order), (fn, fut)))
 
-    def submit(self, fn: Write) -> None:
+    def submit(self, fn: Write, *, urgent: bool = False) -> None:
         """Queue a write; failures are logged (redacted), never raised to the caller."""
-        self._put(fn, None)
+        self._put(fn, None, urgent=urgent)
 
     def call(self, fn: Write) -> Any:
         """Queue a write and wait for its result (raises what it raised)."""

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr
 
 from core.commands import COMMANDS, Request, UsageError, build
-from core.errors import register_secret, suggest
+from core.errors import ParleyError, register_secret, suggest
 from core.governance.estimate import Estimate, worst_case
 from core.governance.keys import KeyBox
 from core.governance.policy import WHAT, RuleSet
@@ -164,6 +164,26 @@ class Governance:
                 + ", or an operator can add your id to PARLEY_ADMINS.",
                 "admin",
             )
+
+    @property
+    def own_keys_enabled(self) -> bool:
+        """PARLEY_SECRET_KEY is set: own keys can be stored."""
+        return self.box.enabled
+
+    def may_run(self, caller: Caller, panel: str) -> bool:
+        """Whether policy lets ``caller`` run the saved panel here (the command and every panelist)."""
+        try:
+            req = build("compare", [("panel", panel)], "?")
+            self.check_command(req, caller)
+            resolved = self.resolve(req, caller)
+            panelists = self.planner.panel(resolved)
+            for p in panelists:
+                self.check_panelist(caller, p)
+            if resolved.moderator:
+                self.check_panelist(caller, self.planner.moderator(resolved.moderator, panelists[0]))
+        except (UsageError, ParleyError):
+            return False
+        return True
 
     # --- cached data -------------------------------------------------------------------------
     def view(self, workspace: str) -> View:

@@ -52,19 +52,24 @@ def _scope_of(req: Request, caller: Caller, default: str = "workspace") -> tuple
 
 
 # --- /budget ------------------------------------------------------------------------------------
-def _remaining(gov: Governance, caller: Caller) -> list[dict[str, Any]]:
+def _remaining(gov: Governance, caller: Caller, *, everything: bool = False) -> list[dict[str, Any]]:
+    """The caps that apply to the caller with what they leave; with ``everything``, every cap
+    of the workspace (a default per-person cap as the caller's)."""
     view = gov.view(caller.workspace)
     periods = Periods.at()
     rows = []
-    for cap in gov._caps(view, caller):
-        target = caller.user if cap.scope == "user" else cap.target
+    caps = gov._caps(view, caller)
+    if everything:
+        caps += [c for c in view.caps if c not in caps]
+    for cap in caps:
+        target = caller.user if cap.scope == "user" and cap.target == "*" else cap.target
         spent = gov.db.totals(caller.workspace, cap.scope, target, periods)
         for period in ("daily", "monthly"):
             limit = cap.limit(period)
             if limit is None:
                 continue
             rows.append({
-                "scope": cap.scope, "target": target, "period": period, "cap_usd": limit,
+                "scope": cap.scope, "target": target, "cap_for": cap.target, "period": period, "cap_usd": limit,
                 "spent_usd": round(spent[period], 6), "remaining_usd": round(max(0.0, limit - spent[period]), 6),
                 "soft_pct": cap.soft_pct, "resets": periods.resets(period).isoformat(),
             })
@@ -77,7 +82,7 @@ def _budget_doc(gov: Governance, rows: list[dict[str, Any]], title: str) -> Doc:
                      code("/budget set scope:workspace daily:5 monthly:100"), ".")]
     doc = [line(strong(title))]
     for r in rows:
-        cap = Cap(r["scope"], "*" if r["scope"] == "user" else r["target"], None, None, r["soft_pct"])
+        cap = Cap(r["scope"], r["cap_for"], None, None, r["soft_pct"])
         name = gov.scope_name(cap)
         used = r["spent_usd"] / r["cap_usd"] if r["cap_usd"] else 1.0
         doc.append(line(f"{name[0].upper()}{name[1:]} {r['period']} cap: ", strong(_money(r["cap_usd"])),
@@ -93,8 +98,9 @@ def _bar(fraction: float, width: int = 10) -> str:
 
 async def budget(gov: Governance, req: Request, caller: Caller) -> Answer:
     if req.action == "show":
-        rows = _remaining(gov, caller)
-        return Answer("budget", rows, _budget_doc(gov, rows, "Budgets for you here"))
+        admin = gov.is_admin(caller)
+        rows = _remaining(gov, caller, everything=admin)
+        return Answer("budget", rows, _budget_doc(gov, rows, "Budgets here" if admin else "Budgets for you here"))
     gov.require_admin(caller, "/budget set")
     daily, monthly, soft = req.param("daily"), req.param("monthly"), req.param("soft")
     own = req.param("own_keys")
@@ -123,12 +129,14 @@ async def budget(gov: Governance, req: Request, caller: Caller) -> Answer:
 
 # --- /policy ------------------------------------------------------------------------------------
 def _rule_rows(gov: Governance, caller: Caller) -> list[dict[str, Any]]:
+    """The rules in force where the caller is; an admin sees every channel's too."""
     view = gov.view(caller.workspace)
+    everything = gov.is_admin(caller)
     return [
         {"id": r.id, "effect": r.effect, "dimension": r.dimension, "pattern": r.pattern,
          "channel": r.channel or None, "subjects": list(r.subjects), "created_by": r.created_by,
          "created_at": r.created_at}
-        for r in view.rules.rules if not r.channel or r.channel == caller.channel
+        for r in view.rules.rules if everything or not r.channel or r.channel == caller.channel
     ]
 
 
@@ -298,7 +306,7 @@ def _panel_line(p: dict[str, Any]) -> Any:
 async def panel(gov: Governance, req: Request, caller: Caller) -> Answer:
     ws = caller.workspace
     if req.action == "list":
-        rows = gov.db.panels(ws)
+        rows = [{**p, "allowed": gov.may_run(caller, p["name"])} for p in gov.db.panels(ws)]
         doc = [line(strong("Saved panels"), " — run one with ", code("/consensus panel:NAME Question"))]
         return Answer("panel", rows, doc + [_panel_line(p) for p in rows] if rows else
                       [line("No saved panels yet. ", code(COMMANDS["panel"].action("save").example))])

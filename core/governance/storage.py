@@ -339,11 +339,13 @@ class GovernanceStore:
                 db.conn.execute("update spend set discussion_id = ? where id = ?", [discussion_id, sid])
             self._settle(db, sid, actual, estimated)
 
-        self.store.writer.submit(fn)
+        # In the reservations' lane: a later reservation must see the budget this one gives back.
+        self.store.writer.submit(fn, urgent=True)
 
     def attach(self, sid: str, discussion_id: str) -> None:
         self.store.writer.submit(
-            lambda db: db.conn.execute("update spend set discussion_id = ? where id = ?", [discussion_id, sid])
+            lambda db: db.conn.execute("update spend set discussion_id = ? where id = ?", [discussion_id, sid]),
+            urgent=True,
         )
 
     def settle_orphans(self) -> int:
