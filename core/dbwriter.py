@@ -106,6 +106,8 @@ class Writer:
         self, db: sqlite_utils.Database, fn: Write, fut: concurrent.futures.Future[Any] | None, *, counted: bool
     ) -> None:
         try:
+            if fut is not None and not fut.set_running_or_notify_cancel():
+                return  # its caller gave up before it ran (a cancelled request): nothing to do
             try:
                 with db.conn:
                     result = fn(db)

@@ -28,6 +28,7 @@ class Services:
     governance: Governance
 
     async def aclose(self) -> None:
+        await self.governance.aclose()
         await self.registry.aclose()
         await self.http.aclose()
         self.store.close()

@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import socket
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterable
@@ -34,6 +35,12 @@ from core.records import HealthMark, PastDiscussion, PastTurn, new_id, now_iso
 
 HOST = socket.gethostname()
 INTERRUPTED = "Interrupted: Parley restarted while this discussion was running. Ask again to rerun it."
+
+
+def rows_of(conn: sqlite3.Connection, sql: str, args: Iterable[Any] = ()) -> list[dict[str, Any]]:
+    cur = conn.execute(sql, list(args))
+    names = [d[0] for d in cur.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -120,9 +127,11 @@ class Store:
     def peek(self, sql: str, args: Iterable[Any] = ()) -> list[dict[str, Any]]:
         """Rows as committed now, without waiting for this process's queued writes: for
         the checks before an acknowledgement, whose data is written synchronously."""
-        cur = self._db.conn.execute(sql, list(args))
-        names = [d[0] for d in cur.description or ()]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        return rows_of(self._db.conn, sql, args)
+
+    def reader(self) -> sqlite3.Connection:
+        """A connection of its own, for reading on another thread (close it when done)."""
+        return sqlite3.connect(str(self.path), timeout=5.0, check_same_thread=False)
 
     @property
     def db(self) -> sqlite_utils.Database:

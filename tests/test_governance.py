@@ -90,6 +90,16 @@ def test_policy_levels_allow_lists_and_personal_grants() -> None:
     assert not refused.allowed and "only beta/*" in refused.reason()
     assert not rules.check(anyone, "models", "gamma/gamma-1").allowed
     assert rules.check(anyone, "models", "GAMMA/other").allowed
+    # at one level a matching deny wins over a matching allow, patterns or not; many patterns compile to one
+    wild = RuleSet([rule(1, "allow", "models", "alpha/*"), rule(2, "deny", "models", "alpha/alpha-?")]
+                   + [rule(10 + i, "deny", "models", f"zeta{i}/*") for i in range(500)])
+    assert wild.check(anyone, "models", "alpha/alpha-1").rules[0].id == 2
+    assert wild.check(anyone, "models", "alpha/alpha-10").allowed
+    assert wild.check(anyone, "models", "zeta321/x").rules[0].id == 331
+    assert not wild.check(anyone, "models", "beta/x").allowed  # the allow-list
+    personal = RuleSet([rule(1, "deny", "providers", "al*", subjects=("user:U1",))])
+    assert not personal.check(anyone, "providers", "alpha").allowed
+    assert personal.check(lead, "providers", "alpha").allowed
 
 
 async def test_a_denied_provider_is_refused_with_its_rule_and_nothing_is_sent(svc: Services, llm: FakeLLMServer) -> None:
@@ -113,7 +123,9 @@ async def test_channel_defaults_fill_in_and_a_default_mode_applies_to_plain_ques
     assert [p.provider.id for p in typed.panel] == ["alpha"]  # what was typed wins
     elsewhere = await svc.governance.admit(parse_line("What now?"), Caller(WS, "UALICE", "C7"))
     assert elsewhere.request.command == "ask"  # another channel has no defaults
-    for g in (grant, typed, elsewhere):
+    single = await svc.governance.admit(parse("ask", "What now?"), ALICE)
+    assert [p.provider.id for p in single.panel] == ["beta"]  # /ask takes the first of the defaults
+    for g in (grant, typed, elsewhere, single):
         g.release()
 
 
@@ -123,9 +135,15 @@ async def test_admin_actions_are_refused_to_others_and_audited(svc: Services) ->
     assert "admins" in e.value.message
     assert svc.governance.view(WS).caps == []
     await admin(svc, "budget set scope:workspace daily:1")
-    log = (await admin(svc, "policy log", ALICE)).rows
+    log = (await admin(svc, "policy log")).rows
     assert log[0]["actor"] == "UADMIN" and log[0]["action"] == "budget.set"
     assert '"daily_usd": 1.0' in log[0]["after"]
+    with pytest.raises(Refused):  # the log says who set which keys: admins only
+        await admin(svc, "policy log", ALICE)
+    await admin(svc, "budget set user:<@UALICE|alice> daily:0.5")  # user: means scope:user
+    assert {(c.scope, c.target) for c in svc.governance.view(WS).caps} == {("workspace", ""), ("user", "UALICE")}
+    with pytest.raises(UsageError, match="scope:user"):
+        await admin(svc, "budget set scope:channel user:UALICE daily:0.5")
 
 
 # --- budgets ------------------------------------------------------------------------------------
@@ -335,8 +353,21 @@ async def test_a_policy_file_seeds_rules_budgets_and_defaults(
         grant.release()
         assert services.governance.view(WS).caps[0].daily == 2.5
     policy.write_text(f'[workspaces."{WS}"]\ndeny = {{ providers = ["nosuch"] }}\n')
-    with pytest.raises(UsageError, match="nosuch"):
+    with pytest.raises(UsageError, match=r"PARLEY_POLICY \(.*policy.toml\): workspaces.slack:T1: Unknown provider"):
         build_services(Settings())
+    policy.write_text('[workspaces.terminal]\nretention_days = 7\n')  # the workspace's table is gone
+    async with build_services(Settings()) as services:
+        assert services.governance.view(WS).rules.rules == []
+        grant = await services.governance.admit(parse("ask", "provider:delta Hi"), ALICE)
+        grant.release()
+
+
+def test_parley_admins_name_people_everywhere_per_platform_or_per_workspace(svc: Services) -> None:
+    gov = svc.governance
+    gov.env_admins = {"U1", "slack:U2", "slack:T9:U3"}
+    assert gov.is_admin(Caller(WS, "U1")) and gov.is_admin(Caller(WS, "U2"))
+    assert not gov.is_admin(Caller("discord:5", "U2"))
+    assert gov.is_admin(Caller("slack:T9", "U3")) and not gov.is_admin(Caller(WS, "U3"))
 
 
 async def test_spend_on_own_keys_can_be_left_out_of_budgets(svc: Services, llm: FakeLLMServer) -> None:

@@ -62,3 +62,24 @@ def test_an_owner_is_gone_when_its_heartbeat_is_stale_or_its_process_is_gone(tmp
     again = Store(tmp_path / "s.db")
     assert store.instance_id not in again.live_owners()  # a closed store leaves the table
     again.close()
+
+
+async def test_a_write_whose_caller_gave_up_does_not_stop_the_writer(tmp_path: Path) -> None:
+    """A request cancelled while waiting for its write (shutdown, a client gone) must not
+    kill the writer thread: later writes still happen."""
+    import asyncio
+
+    store = Store(tmp_path / "w.db")
+    try:
+        gate = threading.Event()
+        store.writer.submit(lambda db: gate.wait(5))  # the writer is busy
+        waiting = asyncio.ensure_future(store.writer.acall(lambda db: db.execute("create table t (x)")))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        await asyncio.sleep(0.05)  # the cancellation reaches the queued write
+        gate.set()
+        store.writer.call(lambda db: db.execute("create table u (x)"))
+        names = {r[0] for r in store.db.execute("select name from sqlite_master where type = 'table'")}
+        assert "u" in names and "t" not in names  # the abandoned write was skipped, the writer lives
+    finally:
+        store.close()

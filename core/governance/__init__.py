@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr
 
 from core.commands import COMMANDS, Request, UsageError, build
-from core.errors import ParleyError, register_secret, suggest
+from core.errors import ParleyError, redact, register_secret, suggest
 from core.governance.estimate import Estimate, worst_case
 from core.governance.keys import KeyBox
 from core.governance.policy import WHAT, RuleSet
@@ -71,6 +71,8 @@ class View:
     defaults: dict[str, dict[str, Any]]
     caps: list[Cap]
     settings: dict[str, Any]
+    #: The caps by (scope, target).
+    cap_index: dict[tuple[str, str], Cap] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -135,6 +137,7 @@ class Governance:
         self.env_admins = {a.strip() for a in (settings.admins or "").split(",") if a.strip()}
         self._views: dict[str, View] = {}
         self._seen: set[tuple[str, str]] = set()
+        self._sweeping: asyncio.Task[None] | None = None
         self._swept = 0.0
 
     # --- who is an admin ---------------------------------------------------------------------
@@ -144,7 +147,8 @@ class Governance:
                 self._seen.add((caller.workspace, caller.user))
                 self.db.saw_admin(caller.workspace, caller.user)
             return True
-        return caller.user in self.env_admins or f"{caller.workspace}:{caller.user}" in self.env_admins
+        kind = caller.workspace.split(":", 1)[0]
+        return bool({caller.user, f"{caller.workspace}:{caller.user}", f"{kind}:{caller.user}"} & self.env_admins)
 
     def admins(self, workspace: str) -> list[str]:
         """Whom soft alerts go to: PARLEY_ADMINS (for this workspace) and whoever changed budgets or policy here."""
@@ -187,12 +191,36 @@ class Governance:
 
     # --- cached data -------------------------------------------------------------------------
     def view(self, workspace: str) -> View:
+        """The workspace's governance data: cached until any process changes it (a version read)."""
         version = self.db.version(workspace)
         cached = self._views.get(workspace)
         if cached is not None and cached.version == version:
             return cached
-        view = View(version, RuleSet(self.db.rules(workspace)), self.db.defaults(workspace),
-                    self.db.caps(workspace), self.db.settings(workspace))
+        return self._keep(workspace, self._build(self.db, workspace, version))
+
+    async def fresh_view(self, workspace: str) -> View:
+        """:meth:`view`, rebuilt off the event loop when it changed (10,000 rules take a while)."""
+        version = self.db.version(workspace)
+        cached = self._views.get(workspace)
+        if cached is not None and cached.version == version:
+            return cached
+
+        def build() -> View:
+            conn = self.store.reader()
+            try:
+                return self._build(self.db.on(conn), workspace, version)
+            finally:
+                conn.close()
+
+        return self._keep(workspace, await asyncio.to_thread(build))
+
+    @staticmethod
+    def _build(db: GovernanceStore, workspace: str, version: str | None) -> View:
+        caps = db.caps(workspace)
+        return View(version, RuleSet(db.rules(workspace)), db.defaults(workspace), caps, db.settings(workspace),
+                    {(c.scope, c.target): c for c in caps})
+
+    def _keep(self, workspace: str, view: View) -> View:
         if len(self._views) > 10_000:
             self._views.clear()
         self._views[workspace] = view
@@ -252,6 +280,11 @@ class Governance:
                 command = MODE_COMMAND[d["mode"]]
         if options == req.options() and command == req.command:
             return req
+        if COMMANDS[command].mode == "single":  # a channel's default panel: its first expert answers /ask
+            for name in ("providers", "personas"):
+                value = options.get(name)
+                if name not in req.options() and isinstance(value, list) and not req.panel:
+                    options[name] = value[:1]
         allowed = COMMANDS[command].options
         pairs = [(k, ",".join(v) if isinstance(v, list) else v) for k, v in options.items() if k in allowed]
         out = build(command, pairs, req.prompt, max_prompt_chars=self.settings.max_prompt_chars,
@@ -281,7 +314,7 @@ class Governance:
     async def admit(self, req: Request, caller: Caller, *, conversation: str | None = None) -> Grant:
         """Policy, panel, keys and budget for a discussion; raises Refused or UsageError."""
         self.sweep_soon()
-        view = self.view(caller.workspace)
+        view = await self.fresh_view(caller.workspace)
         self.check_command(req, caller)
         req = self.resolve(req, caller, view)
         if req.mode is None:
@@ -329,11 +362,11 @@ class Governance:
 
     @staticmethod
     def _caps(view: View, caller: Caller) -> list[Cap]:
-        mine = [c for c in view.caps if c.scope == "user" and c.target == caller.user]
-        caps = [c for c in view.caps if c.scope == "workspace"]
-        caps += [c for c in view.caps if c.scope == "channel" and caller.channel and c.target == caller.channel]
-        caps += mine or [c for c in view.caps if c.scope == "user" and c.target == "*"]
-        return caps
+        """The caps that apply: the workspace's, this channel's, and the person's own (else everyone's)."""
+        at = view.cap_index
+        found = [at.get(("workspace", "")), at.get(("channel", caller.channel)) if caller.channel else None,
+                 at.get(("user", caller.user)) or at.get(("user", "*"))]
+        return [c for c in found if c is not None]
 
     # --- what refusals and alerts say ----------------------------------------------------
     @staticmethod
@@ -373,8 +406,16 @@ class Governance:
         if self._swept and now - self._swept < SWEEP_EVERY:
             return
         self._swept = now
-        with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().create_task(self.sweep())
+        if self._sweeping is not None and not self._sweeping.done():
+            return
+        with contextlib.suppress(RuntimeError):  # no loop: the next admission sweeps
+            self._sweeping = asyncio.get_running_loop().create_task(self._sweep_quietly())
+
+    async def _sweep_quietly(self) -> None:
+        try:
+            await self.sweep()
+        except Exception as e:  # the next sweep tries again; admissions never fail for it
+            log.warning("retention sweep failed: %s", redact(repr(e)))
 
     async def sweep(self) -> int:
         erased = 0
@@ -384,3 +425,10 @@ class Governance:
         if erased:
             log.info("retention: erased the texts of %d discussion(s)", erased)
         return erased
+
+    async def aclose(self) -> None:
+        """Stop a sweep in progress (before the store closes)."""
+        if self._sweeping is not None and not self._sweeping.done():
+            self._sweeping.cancel()
+            with contextlib.suppress(BaseException):
+                await self._sweeping

@@ -40,7 +40,9 @@ def _money(x: float | None) -> str:
 
 
 def _scope_of(req: Request, caller: Caller, default: str = "workspace") -> tuple[str, str]:
-    scope = str(req.param("scope") or default)
+    if req.param("user") and req.param("scope") not in (None, "user"):
+        raise UsageError(f"user: names a person, so it goes with scope:user, not scope:{req.param('scope')}.")
+    scope = str(req.param("scope") or ("user" if req.param("user") else default))
     if scope == "workspace":
         return "workspace", ""
     if scope == "channel":
@@ -187,6 +189,7 @@ async def policy(gov: Governance, req: Request, caller: Caller, services: Servic
         rows = _rule_rows(gov, caller)
         return Answer("policy", rows, _policy_doc(gov, caller, rows))
     if req.action == "log":
+        gov.require_admin(caller, "/policy log")  # it says who set which keys
         rows = gov.db.audit_log(ws)
         doc = [line(strong("Policy, budget, key and panel changes"), " (newest first)")]
         doc += [line(code(r["at"][:19].replace("T", " ")), f" {r['actor']} {r['action']} {r['target']}: "

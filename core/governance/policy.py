@@ -15,7 +15,8 @@ An allow for some people only grants; it never restricts anyone else.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 from core.governance.scope import Caller
 
@@ -72,54 +73,93 @@ ALLOWED = Verdict(True)
 
 
 _WILD = set("*?[")
+EVERYONE = ""
+
+
+class _Patterns:
+    """Wildcard patterns compiled into one expression: one match, whatever their number."""
+
+    def __init__(self) -> None:
+        self.rules: list[Rule] = []
+        self._regex: re.Pattern[str] | None = None
+
+    def add(self, rule: Rule) -> None:
+        self.rules.append(rule)
+        self._regex = None
+
+    def first(self, value: str) -> Rule | None:
+        if not self.rules:
+            return None
+        if self._regex is None:
+            self._regex = re.compile(
+                "|".join(f"(?P<r{i}>{fnmatch.translate(r.pattern.lower())})" for i, r in enumerate(self.rules))
+            )
+        m = self._regex.match(value)
+        return self.rules[int(m.lastgroup[1:])] if m and m.lastgroup else None
 
 
 @dataclass(slots=True)
 class _Level:
-    """The rules of one dimension at one level: exact names by value, patterns to match."""
+    """The rules of one dimension at one level for one subject: exact names by value, patterns."""
 
-    exact: dict[str, list[Rule]]
-    wild: list[Rule]
-    allow_list: list[Rule]
+    exact: dict[str, list[Rule]] = field(default_factory=dict)
+    deny: _Patterns = field(default_factory=_Patterns)
+    allow: _Patterns = field(default_factory=_Patterns)
+    allow_list: list[Rule] = field(default_factory=list)
+
+    def hit(self, value: str) -> tuple[Rule | None, bool]:
+        """(a deny rule that matches, whether an allow rule matches)."""
+        exact = self.exact.get(value, ())
+        deny = next((r for r in exact if r.effect == "deny"), None) or self.deny.first(value)
+        allowed = any(r.effect == "allow" for r in exact) or self.allow.first(value) is not None
+        return deny, allowed
 
 
 class RuleSet:
-    """One workspace's rules, indexed so that a check costs a few dictionary lookups
-    (plus one match per wildcard pattern at the levels it visits), however many rules."""
+    """One workspace's rules, indexed so that a check costs a few dictionary lookups and one
+    match per level against its compiled patterns, however many rules there are."""
 
     def __init__(self, rules: list[Rule]) -> None:
         self.rules = rules
-        self.levels: dict[tuple[str, str, bool], _Level] = {}
+        # (dimension, channel, subject) -> level; subject EVERYONE, or 'user:ID' / 'role:NAME'.
+        self.levels: dict[tuple[str, str, str], _Level] = {}
         for r in rules:
-            key = (r.dimension, r.channel, bool(r.subjects))
-            level = self.levels.get(key)
-            if level is None:
-                level = self.levels[key] = _Level({}, [], [])
-            if _WILD & set(r.pattern):
-                level.wild.append(r)
-            else:
-                level.exact.setdefault(r.pattern.lower(), []).append(r)
-            if r.effect == "allow" and not r.subjects:
-                level.allow_list.append(r)
+            for subject in r.subjects or (EVERYONE,):
+                key = (r.dimension, r.channel, subject)
+                level = self.levels.get(key)
+                if level is None:
+                    level = self.levels[key] = _Level()
+                if _WILD & set(r.pattern):
+                    (level.deny if r.effect == "deny" else level.allow).add(r)
+                else:
+                    level.exact.setdefault(r.pattern.lower(), []).append(r)
+                if r.effect == "allow" and not r.subjects:
+                    level.allow_list.append(r)
 
     def check(self, caller: Caller, dimension: str, value: str) -> Verdict:
         if not self.levels:
             return ALLOWED
-        order = ([(caller.channel, True), (caller.channel, False)] if caller.channel else []) + [
-            ("", True),
-            ("", False),
-        ]
         lowered = value.lower()
-        for channel, personal in order:
-            level = self.levels.get((dimension, channel, personal))
+        mine = [f"user:{caller.user}", *(f"role:{r}" for r in caller.roles)]
+        for channel in ([caller.channel] if caller.channel else []) + [""]:
+            # for you (your id or one of your roles), then for everyone
+            deny, allowed = None, False
+            for subject in mine:
+                level = self.levels.get((dimension, channel, subject))
+                if level is not None:
+                    d, a = level.hit(lowered)
+                    deny, allowed = deny or d, allowed or a
+            if deny is not None:
+                return Verdict(False, (deny,))
+            if allowed:
+                return ALLOWED
+            level = self.levels.get((dimension, channel, EVERYONE))
             if level is None:
                 continue
-            hits = [r for r in level.exact.get(lowered, ()) if r.applies_to(caller)]
-            hits += [r for r in level.wild if r.applies_to(caller) and r.matches(value)]
-            denied = [r for r in hits if r.effect == "deny"]
-            if denied:
-                return Verdict(False, (denied[0],))
-            if hits:
+            deny, allowed = level.hit(lowered)
+            if deny is not None:
+                return Verdict(False, (deny,))
+            if allowed:
                 return ALLOWED
             if level.allow_list:
                 return Verdict(False, tuple(level.allow_list[:10]))

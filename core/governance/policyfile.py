@@ -56,6 +56,14 @@ def _fail(path: Path, where: str, why: str) -> UsageError:
     return UsageError(f"PARLEY_POLICY ({path}): {where}: {why}")
 
 
+def _known(path: Path, where: str, check: Any) -> None:
+    """Run a lookup that raises UsageError for an unknown name; say where in the file it was."""
+    try:
+        check()
+    except UsageError as e:
+        raise _fail(path, where, e.message) from None
+
+
 def _rules(path: Path, where: str, table: dict[str, Any], channel: str, gov: Governance,
            personas: PersonaBook) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
@@ -76,7 +84,7 @@ def _rules(path: Path, where: str, table: dict[str, Any], channel: str, gov: Gov
                 value = str(value).lower()
                 wild = any(c in value for c in "*?[")
                 if dim == "providers" and not wild:
-                    gov.registry.get(value)
+                    _known(path, where, lambda v=value: gov.registry.get(v))
                 elif dim == "commands" and not wild and value not in COMMANDS:
                     raise _fail(path, where, suggest(value, COMMANDS, "command"))
                 elif dim == "personas" and not wild and value not in personas.personas:
@@ -115,9 +123,9 @@ def seed(gov: Governance, path: Path, personas: PersonaBook) -> bool:
                 defaults[str(ch)] = ctable["defaults"]
         for d in defaults.values():
             for p in d.get("providers", []):
-                gov.registry.resolve(p)
+                _known(path, f"{where} defaults", lambda p=p: gov.registry.resolve(p))
             for p in d.get("personas", []):
-                personas.get(p)
+                _known(path, f"{where} defaults", lambda p=p: personas.get(p))
             if d.get("mode") not in (None, "single", "parallel", "consensus"):
                 raise _fail(path, where, f"defaults mode '{d['mode']}' is not single, parallel or consensus")
         settings: dict[str, Any] = {}
@@ -140,8 +148,13 @@ def seed(gov: Governance, path: Path, personas: PersonaBook) -> bool:
 
     def apply(db: Any) -> None:
         now = now_iso()
+        # The file owns its rules everywhere: a workspace taken out of it loses them too.
+        gone = [r[0] for r in db.conn.execute("select distinct workspace from policy_rules where created_by = ?",
+                                              [OWNER])]
+        db.conn.execute("delete from policy_rules where created_by = ?", [OWNER])
+        for ws in gone:
+            gov.db._bump(db, ws)
         for ws, rules, defaults, settings, caps in plan:
-            db.conn.execute("delete from policy_rules where workspace = ? and created_by = ?", [ws, OWNER])
             for r in rules:
                 db.conn.execute(
                     "insert into policy_rules (workspace, channel, effect, dimension, pattern, subjects, created_by, "

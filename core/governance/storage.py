@@ -9,8 +9,12 @@ cap and the spend it adds are atomic across processes sharing the database.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import secrets
+import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +23,9 @@ import sqlite_utils
 from core.governance.policy import Rule
 from core.governance.scope import Periods
 from core.records import new_id, now_iso
-from core.store import Store
+from core.store import Store, rows_of
+
+log = logging.getLogger("parley.governance")
 
 #: A spend row's amount: its reservation while running, its cost once settled.
 AMOUNT = "case status when 'reserved' then estimate_usd else actual_usd end"
@@ -88,12 +94,18 @@ def _keys(workspace: str, channel: str, user: str, periods: Periods) -> list[tup
 
 
 class GovernanceStore:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, peek: Callable[..., list[dict[str, Any]]] | None = None) -> None:
         self.store = store
+        #: How reads are made: the store's connection, or another thread's (:meth:`on`).
+        self.peek = peek or store.peek
+
+    def on(self, conn: sqlite3.Connection) -> GovernanceStore:
+        """The same reads on ``conn`` (a connection of another thread)."""
+        return GovernanceStore(self.store, lambda sql, args=(): rows_of(conn, sql, args))
 
     # --- versions: one counter per workspace, bumped by every change -------------------
     def version(self, workspace: str) -> str | None:
-        rows = self.store.peek("select value from meta where key = ?", [f"gov:{workspace}"])
+        rows = self.peek("select value from meta where key = ?", [f"gov:{workspace}"])
         return rows[0]["value"] if rows else None
 
     @staticmethod
@@ -124,13 +136,13 @@ class GovernanceStore:
         return await self.store.writer.acall(write, urgent=True)
 
     def audit_log(self, workspace: str, limit: int = 20) -> list[dict[str, Any]]:
-        return self.store.peek(
+        return self.peek(
             "select * from audit where workspace = ? order by id desc limit ?", [workspace, limit]
         )
 
     def admin_ids(self, workspace: str) -> list[str]:
         """People the platform called admins here, and who changed budgets or policy here (only admins can)."""
-        rows = self.store.peek(
+        rows = self.peek(
             "select user as actor from admins_seen where workspace = ? union "
             "select distinct actor from audit where workspace = ? and (action like 'budget%' or action like 'policy%')",
             [workspace, workspace],
@@ -146,7 +158,7 @@ class GovernanceStore:
         return [
             Rule(r["id"], r["workspace"], r["channel"] or "", r["effect"], r["dimension"], r["pattern"],
                  tuple(s for s in (r["subjects"] or "").split(",") if s), r["created_by"] or "", r["created_at"] or "")
-            for r in self.store.peek("select * from policy_rules where workspace = ? order by id", [workspace])
+            for r in self.peek("select * from policy_rules where workspace = ? order by id", [workspace])
         ]
 
     def defaults(self, workspace: str) -> dict[str, dict[str, Any]]:
@@ -156,11 +168,11 @@ class GovernanceStore:
                 "personas": json.loads(r["personas"] or "[]"),
                 "mode": r["mode"] or None,
             }
-            for r in self.store.peek("select * from channel_defaults where workspace = ?", [workspace])
+            for r in self.peek("select * from channel_defaults where workspace = ?", [workspace])
         }
 
     def settings(self, workspace: str) -> dict[str, Any]:
-        rows = self.store.peek("select * from workspace_settings where workspace = ?", [workspace])
+        rows = self.peek("select * from workspace_settings where workspace = ?", [workspace])
         row = rows[0] if rows else {}
         return {
             "retention_days": row.get("retention_days") or 0,
@@ -172,11 +184,11 @@ class GovernanceStore:
         return [
             Cap(r["scope"], r["target"] or "", r["daily_usd"], r["monthly_usd"], r["soft_pct"] or 80,
                 r["updated_by"] or "")
-            for r in self.store.peek("select * from budgets where workspace = ?", [workspace])
+            for r in self.peek("select * from budgets where workspace = ?", [workspace])
         ]
 
     def totals(self, workspace: str, scope: str, target: str, periods: Periods) -> dict[str, float]:
-        rows = self.store.peek(
+        rows = self.peek(
             "select period, usd from spend_totals where workspace = ? and scope = ? and target = ? "
             "and period in (?, ?)",
             [workspace, scope, target, periods.day, periods.month],
@@ -261,6 +273,7 @@ class GovernanceStore:
         Returns (spend id, [], alerts) when it fits, or (None, the caps it would exceed, [])."""
         keys = _keys(workspace, channel, user, periods)
         owner = self.store.instance_id
+        sid = new_id()
 
         def target_of(cap: Cap) -> str:
             return user if cap.scope == "user" else cap.target
@@ -288,7 +301,6 @@ class GovernanceStore:
                         near.append(Alert(cap, period, spent + estimate, limit))
             if over:
                 return None, over, []
-            sid = new_id()
             db.conn.execute(
                 "insert into spend (id, workspace, channel, user, estimate_usd, actual_usd, estimated, counted, "
                 "status, owner, day, month, created_at, free) values (?, ?, ?, ?, ?, 0, 0, 1, 'reserved', "
@@ -307,7 +319,13 @@ class GovernanceStore:
                     alerts.append(a)
             return sid, [], alerts
 
-        result: tuple[str | None, list[Over], list[Alert]] = await self.store.writer.acall(fn, urgent=True)
+        try:
+            result: tuple[str | None, list[Over], list[Alert]] = await self.store.writer.acall(fn, urgent=True)
+        except asyncio.CancelledError:
+            # The request was cancelled while its reservation was being made: give it back
+            # (in the same lane, so after the reservation if it was made).
+            self.settle(sid, 0.0, estimated=False)
+            raise
         return result
 
     @staticmethod
@@ -376,13 +394,13 @@ class GovernanceStore:
         return len(orphans)
 
     def spend_rows(self, workspace: str, month: str) -> list[dict[str, Any]]:
-        return self.store.peek(
+        return self.peek(
             f"select channel, user, {AMOUNT} as usd, status, estimated from spend where workspace = ? and month = ?",
             [workspace, month],
         )
 
     def provider_spend(self, workspace: str, month: str) -> list[dict[str, Any]]:
-        return self.store.peek(
+        return self.peek(
             "select t.provider as provider, t.model as model, count(*) as turns, "
             "round(coalesce(sum(t.cost_usd), 0), 6) as cost_usd, coalesce(sum(t.usage_estimated), 0) as estimated "
             "from turns t join discussions d on d.id = t.discussion_id "
@@ -394,7 +412,7 @@ class GovernanceStore:
     # --- own keys ------------------------------------------------------------------------------
     def key_rows(self, workspace: str, users: list[str]) -> list[dict[str, Any]]:
         marks = ",".join("?" * len(users))
-        return self.store.peek(
+        return self.peek(
             f"select * from provider_keys where workspace = ? and user in ({marks})", [workspace, *users]
         )
 
@@ -422,11 +440,11 @@ class GovernanceStore:
     def panels(self, workspace: str) -> list[dict[str, Any]]:
         return [
             {**r, "options": json.loads(r["options"] or "{}")}
-            for r in self.store.peek("select * from panels where workspace = ? order by name", [workspace])
+            for r in self.peek("select * from panels where workspace = ? order by name", [workspace])
         ]
 
     def panel(self, workspace: str, name: str) -> dict[str, Any] | None:
-        rows = self.store.peek("select * from panels where workspace = ? and name = ?", [workspace, name])
+        rows = self.peek("select * from panels where workspace = ? and name = ?", [workspace, name])
         return {**rows[0], "options": json.loads(rows[0]["options"] or "{}")} if rows else None
 
     async def save_panel(self, workspace: str, actor: str, name: str, options: dict[str, Any]) -> None:
@@ -494,10 +512,21 @@ class GovernanceStore:
         await self.checkpoint()
         return n
 
-    async def checkpoint(self) -> None:
-        """Copy the WAL into the database and truncate it: erased text leaves no old copies."""
-        await self.store.writer.acall(lambda db: db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+    async def checkpoint(self, attempts: int = 5) -> bool:
+        """Copy the WAL into the database and truncate it: erased text leaves no old copies.
+        Another process reading holds the WAL; try a few times, then say so (the next sweep
+        tries again). Returns whether it was truncated."""
+        for attempt in range(attempts):
+            busy = await self.store.writer.acall(
+                lambda db: db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            )
+            if not busy:
+                return True
+            await asyncio.sleep(0.1 * 2**attempt)
+        log.warning("the WAL could not be truncated (another process is reading); erased text may stay in "
+                    "the -wal file until the next checkpoint")
+        return False
 
     def retention_due(self) -> list[tuple[str, int]]:
-        return [(r["workspace"], r["retention_days"]) for r in self.store.peek(
+        return [(r["workspace"], r["retention_days"]) for r in self.peek(
             "select workspace, retention_days from workspace_settings where retention_days > 0")]
