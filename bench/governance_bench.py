@@ -514,7 +514,7 @@ def summarize(res: dict[str, Any]) -> list[str]:
         f"With no rules, governance adds {base['p50_ms'] - old['p50_ms']:.3f} ms at p50 and "
         f"{base['p99_ms'] - old['p99_ms']:.3f} ms at p99 over the old path; by cProfile the largest parts are "
         f"{_top(res, 'none')}. \"First admission after a change\": p50 of the admissions that rebuild the "
-        f"workspace's cached view, on the event loop (any /policy, /budget, /panel or /keys change there). "
+        f"workspace's cached view after any /policy, /budget, /panel or /keys change there; the rebuild runs on a thread of its own, so this admission waits for it while the event loop goes on serving other requests (sharing the interpreter lock with the rebuild). "
         f"The controls ran in the same loop: the fixed CPU loop's p99 is ×{noise:.1f} its p50"
         + (" (the core was not idle: part of every cell's tail is the machine's)." if noise > 1.5
            else " (the core was quiet)."),
