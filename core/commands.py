@@ -199,6 +199,8 @@ COMMANDS: dict[str, Command] = {
                        example="/policy remove 3"),
                 Action("retention", "Keep discussion texts N days (admins).", ("days",), admin=True,
                        example="/policy retention days:30"),
+                Action("followups", "Answer follow-ups in Parley's threads without a mention: NAME is on or off "
+                       "(admins).", (), "name", admin=True, example="/policy followups on"),
                 Action("log", "Who changed what, when."),
             ),
             admin=True,
@@ -228,6 +230,7 @@ COMMANDS: dict[str, Command] = {
             ),
         ),
         Command("forget", "Delete your stored questions and answers (costs and token counts stay)."),
+        Command("leaderboard", "Which provider × persona wins the votes here: win rate, 👍 share, cost per win."),
         Command("help", "How to use Parley."),
     )
 }
@@ -266,6 +269,10 @@ class Request:
     params: dict[str, object] = field(default_factory=dict)
     #: No command word was typed (a mention's plain question): a channel's default mode may apply.
     implicit: bool = False
+    #: Set by actions under answers (core.actions), never typed: answer without the thread's
+    #: history ("Ask again with…"), or continue the kept text of this turn ("Continue").
+    fresh: bool = False
+    continues: str | None = None
 
     @property
     def spec(self) -> Command:

@@ -154,13 +154,26 @@ def synthesis_prompt(
     )
 
 
+ANSWERS_TITLE = "Stage 1 · Independent answers"
+SYNTHESIS_TITLE = "Stage 3 · Moderator synthesis"
+
+
+def review_title(round_: int) -> str:
+    return f"Stage 2 · Anonymous review, round {round_}"
+
+
+def stage_titles(rounds: int) -> list[str]:
+    """Every stage a consensus of ``rounds`` review rounds goes through, in order."""
+    return [ANSWERS_TITLE, *(review_title(r) for r in range(1, rounds + 1)), SYNTHESIS_TITLE]
+
+
 async def consensus(turns: TurnRunner, run: Run, panel: Sequence[Panelist]) -> AsyncGenerator[Event, None]:
     request = run.request
     question = request.prompt
     nonce = secrets.token_hex(4)
     labels = {p.key: p.title for p in panel}
 
-    yield StageStarted("answer", 0, "Stage 1 · Independent answers")
+    yield StageStarted("answer", 0, ANSWERS_TITLE)
     first: dict[str, TurnFinished | TurnFailed] = {}
     async with aclosing(turns.stage(run, [turns.first(run, p) for p in panel], first)) as stream:
         async for ev in stream:
@@ -184,7 +197,7 @@ async def consensus(turns: TurnRunner, run: Run, panel: Sequence[Panelist]) -> A
 
     ballots: list[Ballot] = []
     for rnd in range(1, (request.rounds or 1) + 1):
-        yield StageStarted("review", rnd, f"Stage 2 · Anonymous review, round {rnd}")
+        yield StageStarted("review", rnd, review_title(rnd))
         specs: list[TurnSpec] = []
         letter_maps: dict[str, dict[str, str]] = {}
         for reviewer in alive:
@@ -221,7 +234,7 @@ async def consensus(turns: TurnRunner, run: Run, panel: Sequence[Panelist]) -> A
     standings = borda(ballots, {p.key: labels[p.key] for p in alive})
     run.ranking = [s.entry() for s in standings]
 
-    yield StageStarted("synthesis", 0, "Stage 3 · Moderator synthesis")
+    yield StageStarted("synthesis", 0, SYNTHESIS_TITLE)
     moderator = turns.planner.moderator(request.moderator, alive[0])
     positions = [(labels[p.key], current[p.key]) for p in alive]
     spec = TurnSpec(

@@ -14,7 +14,7 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 from core.commands import Request
-from core.consensus import consensus
+from core.consensus import consensus, stage_titles
 from core.errors import UNAVAILABLE, ErrorKind, UsageError
 from core.events import (
     DiscussionFinished,
@@ -27,6 +27,7 @@ from core.events import (
 )
 from core.history import History
 from core.plan import Panelist, Planner, Run
+from core.providers.base import Message
 from core.turn import TurnRunner, merge
 
 if TYPE_CHECKING:
@@ -87,11 +88,14 @@ class Engine:
             where=(caller.workspace, caller.channel, caller.user) if caller is not None else None,
         )
         run = Run(did, request, conversation)
+        if request.continues:
+            run.prefill = self.continuation(request.continues)
         if grant is not None:
             grant.attach(did)
             run.keys = grant.keys
             run.permits = grant.permits
-        yield DiscussionStarted(did, request.mode, request.prompt, [p.title for p in panel])
+        stages = stage_titles(request.rounds or 1) if request.mode == "consensus" else []
+        yield DiscussionStarted(did, request.mode, request.prompt, [p.title for p in panel], stages)
         finished = False
         try:
             # aclosing: when the reader stops (cancelled, or closed this stream), the inner
@@ -121,6 +125,14 @@ class Engine:
                 )
             if grant is not None:
                 grant.settle(run.results, did)
+
+    def continuation(self, turn_id: str) -> list[Message]:
+        """The question and the kept text of ``turn_id``, for a turn that continues it."""
+        turn = self.store.turn(turn_id)
+        if turn is None or not turn.get("text"):
+            return []
+        question = self.store.discussion(turn["discussion_id"]).get("prompt") or ""
+        return [Message("user", question), Message("assistant", turn["text"])]
 
     async def fallback(self, run: Run, panelist: Panelist) -> AsyncGenerator[Event, None]:
         """``ask`` only: a provider that is unavailable, unreachable or timed out before any
@@ -187,7 +199,7 @@ def summary(run: Run) -> DiscussionFinished:
         cost_usd=round(run.cost, 8),
         wall_ms=_r((time.perf_counter() - run.started) * 1000),
     )
-    return DiscussionFinished(run.id, status, turns, total, run.message, run.ranking)
+    return DiscussionFinished(run.id, status, turns, total, run.message, run.ranking, run.request.mode or "")
 
 
 def _r(x: float | None) -> float | None:

@@ -101,6 +101,9 @@ class DiscussionStarted:
     mode: str
     prompt: str
     panel: list[str]
+    #: The stages it will go through, in order (one for single and parallel; a consensus's
+    #: answers, each review round and the synthesis), for a progress list.
+    stages: list[str] = field(default_factory=list)
     type: str = "discussion_started"
 
 
@@ -134,7 +137,14 @@ class TurnFinished:
     ttft_ms: float | None
     latency_ms: float
     reasoning_chars: int = 0
+    #: The provider's finish reason ("stop", "length": cut by max_tokens, …) when it gave one.
+    finish: str | None = None
     type: str = "turn_finished"
+
+    @property
+    def cut(self) -> bool:
+        """Stopped by the output limit: "Continue" can pick it up."""
+        return self.finish in ("length", "max_tokens")
 
 
 @dataclass(slots=True)
@@ -156,6 +166,7 @@ class DiscussionFinished:
     total: Totals
     message: str | None = None
     ranking: list[RankEntry] | None = None
+    mode: str = ""
     type: str = "discussion_finished"
 
 

@@ -98,6 +98,13 @@ async def _forget(services: Services, req: Request, caller: Caller, check: bool)
     return await admin.forget(services.governance, caller)
 
 
+async def _leaderboard(services: Services, req: Request, caller: Caller, check: bool) -> InfoAnswer:
+    from core.actions import Actions, leaderboard_doc
+
+    rows = Actions(services).leaderboard(caller.workspace)
+    return InfoAnswer("leaderboard", rows, leaderboard_doc(rows))
+
+
 #: Every command of :data:`core.commands.COMMANDS` that is not a discussion (those without a mode).
 INFO: dict[str, Callable[[Services, Request, Caller, bool], Awaitable[InfoAnswer]]] = {
     "providers": _providers,
@@ -108,6 +115,7 @@ INFO: dict[str, Callable[[Services, Request, Caller, bool], Awaitable[InfoAnswer
     "keys": _keys,
     "panel": _panel,
     "forget": _forget,
+    "leaderboard": _leaderboard,
     "help": _help,
 }
 

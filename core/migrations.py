@@ -213,3 +213,28 @@ def m007_governance(db: sqlite_utils.Database) -> None:
          "updated_by": str, "updated_at": str},
         pk=("workspace", "name"),
     )
+
+
+@migration
+def m008_thread_actions(db: sqlite_utils.Database) -> None:
+    # Why a turn stopped (a provider's finish reason: "length" means cut by max_tokens),
+    # for the "Continue" action under an answer.
+    db.table("turns").add_column("finish_reason", str)
+    # 👍/👎 on an answer and the vote for the best answer of a compare: one per person,
+    # changeable; the leaderboard is computed from them.
+    db.table("feedback").create(
+        {"turn_id": str, "user": str, "workspace": str, "value": int, "at": str}, pk=("turn_id", "user")
+    )
+    db.table("feedback").create_index(["workspace"])
+    db.table("votes").create(
+        {"discussion_id": str, "user": str, "workspace": str, "turn_id": str, "at": str},
+        pk=("discussion_id", "user"),
+    )
+    db.table("votes").create_index(["workspace"])
+    # A click acted on: a second click of the same button by the same person within
+    # seconds (a double click, a redelivery, another replica) does nothing.
+    db.table("action_claims").create({"key": str, "at": float}, pk="key")
+    # A Discord poll for the best answer: which answer id is which turn.
+    db.table("polls").create({"message_id": str, "discussion_id": str, "answers": str, "at": str}, pk="message_id")
+    # Follow-ups without a mention in Parley's own threads: off unless an admin turns it on.
+    db.table("workspace_settings").add_column("followups", int)

@@ -88,6 +88,8 @@ class Run:
         self.past: list[PastDiscussion] | None = None
         #: Own keys by provider id (core.governance): used instead of the environment's.
         self.keys: dict[str, SecretStr] = {}
+        #: Messages after the history and before the question (Continue: the question and the kept text).
+        self.prefill: list[Message] = []
         #: Whether policy lets a provider/model run here (the /ask fallback asks).
         self.permits: Callable[[str, str], bool] = lambda _provider, _model: True
 

@@ -25,10 +25,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.actions import Action, under_answer
 from core.budget import TokenBucket, rank
 from core.events import (
     DiscussionFinished,
@@ -78,6 +79,8 @@ class _View:
     #: Set once the turn's first message is on the platform (or never will be): a stage
     #: title waits for the earlier turns' messages so the thread reads in order.
     opened: asyncio.Event = field(default_factory=asyncio.Event)
+    #: What can be done under the answer once it is final (core.actions).
+    actions: tuple[Action, ...] = ()
 
     def text(self) -> str:
         if len(self.parts) > 1:
@@ -113,6 +116,7 @@ class Renderer:
         self.on_visible = on_visible
         self.max_op_retries = max_op_retries
         self.give_up_after = give_up_after
+        self.mode = ""
         self.ops = 0
         self.rate_limited = 0
         self.lost_ops = 0
@@ -127,13 +131,14 @@ class Renderer:
                 elif isinstance(ev, TurnStarted):
                     self.start(ev.turn)
                 elif isinstance(ev, TurnFinished):
-                    self.finish(ev.turn.turn_id, ev.text)
+                    self.finish(ev.turn.turn_id, ev.text, under_answer(ev, self.mode))
                 elif isinstance(ev, TurnFailed):
-                    self.fail(ev.turn.turn_id, ev.text, ev.error.message or "failed")
+                    self.fail(ev.turn.turn_id, ev.text, ev.error.message or "failed", under_answer(ev, self.mode))
                 elif isinstance(ev, StageStarted):
                     await self._opened()
                     await self._notice(ev)
                 elif isinstance(ev, DiscussionStarted):
+                    self.mode = ev.mode
                     await self._notice(ev)
                 elif isinstance(ev, DiscussionFinished):
                     last = ev
@@ -165,15 +170,17 @@ class Renderer:
         view.length += len(text)
         view.dirty.set()
 
-    def finish(self, turn_id: str, text: str) -> None:
+    def finish(self, turn_id: str, text: str, actions: Sequence[Action] = ()) -> None:
         view = self.views[turn_id]
+        view.actions = tuple(actions)
         view.parts[:] = [text]
         view.length = len(text)
         view.final = "done"
         view.dirty.set()
 
-    def fail(self, turn_id: str, text: str, notice: str) -> None:
+    def fail(self, turn_id: str, text: str, notice: str, actions: Sequence[Action] = ()) -> None:
         view = self.views[turn_id]
+        view.actions = tuple(actions)
         shown = view.text()
         # Keep whatever was shown; prefer the engine's copy if it has more.
         view.parts[:] = [text if len(text) >= len(shown) else shown]
@@ -287,7 +294,9 @@ class Renderer:
             state = "streaming"
         else:
             state = view.final
-        return Frame(view.turn, display, raw, idx + 1, state, view.notice if last else None)
+        final = last and view.final is not None
+        return Frame(view.turn, display, raw, idx + 1, state, view.notice if last else None,
+                     view.actions if final else ())
 
     async def _sync(self, view: _View) -> None:
         self._frames(view)

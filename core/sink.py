@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from core.budget import TokenBucket
 from core.events import DiscussionFinished, DiscussionStarted, StageStarted, TurnInfo
@@ -30,6 +30,10 @@ from core.events import DiscussionFinished, DiscussionStarted, StageStarted, Tur
 State = Literal["streaming", "continued", "done", "failed"]
 #: The events a sink may show besides turns.
 Notice = DiscussionStarted | StageStarted | DiscussionFinished
+
+
+if TYPE_CHECKING:
+    from core.actions import Action
 
 
 @dataclass(slots=True)
@@ -44,6 +48,8 @@ class Frame:
     #: The error, when state == "failed": plain text that may quote a provider, so a sink
     #: escapes it for its platform like any other text it did not write itself.
     notice: str | None = None
+    #: What the person can do under the answer (core.actions), on its last message once it is final.
+    actions: tuple[Action, ...] = ()
 
 
 class RateLimited(Exception):

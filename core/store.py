@@ -262,8 +262,10 @@ class Store:
         latency_ms: float,
         reasoning_chars: int = 0,
         error: ErrorInfo | None = None,
+        finish_reason: str | None = None,
     ) -> None:
         row = {
+                "finish_reason": finish_reason,
                 "status": status,
                 "text": text,
                 "reasoning_chars": reasoning_chars,
@@ -279,6 +281,10 @@ class Store:
                 "finished_at": now_iso(),
             }
         self._write(lambda db: db.table("turns").update(turn_id, row))
+
+    def turn(self, turn_id: str) -> dict[str, Any] | None:
+        rows = list(self._read().table("turns").rows_where("id = ?", [turn_id]))
+        return rows[0] if rows else None
 
     def turns(self, did: str) -> list[dict[str, Any]]:
         return list(self._read().table("turns").rows_where("discussion_id = ?", [did], order_by="seq"))

@@ -147,8 +147,9 @@ class TurnRunner:
 
     def first(self, run: Run, panelist: Panelist) -> TurnSpec:
         """A stage-1 turn: the question, with the conversation so far as context."""
-        budget = self.history.budget(panelist, run.request)
-        return TurnSpec(panelist, run.request.prompt, self.history.messages(run, panelist, budget))
+        budget = self.history.budget(panelist, run.request, "".join(m.content for m in run.prefill))
+        history = [] if run.request.fresh else self.history.messages(run, panelist, budget)
+        return TurnSpec(panelist, run.request.prompt, [*history, *run.prefill])
 
     async def turn(self, run: Run, spec: TurnSpec) -> AsyncGenerator[Event, None]:
         pan = spec.panelist
@@ -256,10 +257,11 @@ class TurnRunner:
             latency_ms=latency,
             reasoning_chars=got.reasoning,
             error=failure,
+            finish_reason=got.finish,
         )
         result: TurnFinished | TurnFailed
         if failure is None:
-            result = TurnFinished(info, text, tu, got.ttft, latency, got.reasoning)
+            result = TurnFinished(info, text, tu, got.ttft, latency, got.reasoning, got.finish)
         else:
             result = TurnFailed(info, failure, text, tu, got.ttft, latency)
         run.results.append(result)

@@ -169,6 +169,10 @@ class Governance:
                 "admin",
             )
 
+    def followups(self, workspace: str) -> bool:
+        """Whether an admin turned on follow-ups without a mention in Parley's threads here."""
+        return bool(self.view(workspace).settings["followups"])
+
     @property
     def own_keys_enabled(self) -> bool:
         """PARLEY_SECRET_KEY is set: own keys can be stored."""

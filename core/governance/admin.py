@@ -160,6 +160,8 @@ def _policy_doc(gov: Governance, caller: Caller, rows: list[dict[str, Any]]) -> 
                             bullet=True))
     days = view.settings["retention_days"]
     doc.append(line("Retention: ", strong(f"{days} days" if days else "texts are kept"), bullet=True))
+    doc.append(line("Follow-ups without a mention in Parley's threads: ",
+                    strong("on" if view.settings["followups"] else "off"), bullet=True))
     return doc
 
 
@@ -239,6 +241,15 @@ async def policy(gov: Governance, req: Request, caller: Caller, services: Servic
         rows = _rule_rows(gov, caller)
         return Answer("policy", rows, [line("✅ Defaults set for ", strong("this channel" if target else "the workspace"),
                                             ".")] + _policy_doc(gov, caller, rows))
+    if req.action == "followups":
+        if req.name not in ("on", "off"):
+            raise UsageError("/policy followups takes on or off: /policy followups on")
+        await gov.db.set_setting(ws, caller.user, "policy.followups", followups=int(req.name == "on"))
+        rows = _rule_rows(gov, caller)
+        state = ("on: Parley answers every message in its own threads here, without a mention"
+                 if req.name == "on" else "off: in threads, Parley answers when mentioned")
+        return Answer("policy", rows, [line(f"✅ Follow-ups without a mention are {state}.")]
+                      + _policy_doc(gov, caller, rows))
     # retention
     days = req.param("days")
     if days is None:

@@ -175,6 +175,7 @@ class GovernanceStore:
         rows = self.peek("select * from workspace_settings where workspace = ?", [workspace])
         row = rows[0] if rows else {}
         return {
+            "followups": bool(row.get("followups") or 0),
             "retention_days": row.get("retention_days") or 0,
             "own_keys_count": bool(row.get("own_keys_count", 1) if row.get("own_keys_count") is not None else 1),
             "swept_at": row.get("swept_at"),
