@@ -99,8 +99,9 @@ def under_answer(result: TurnFinished | TurnFailed, mode: str) -> list[Action]:
     return out
 
 
-def under_summary(summary: DiscussionFinished, mode: str) -> list[Action]:
-    """The actions under a discussion's summary (compare and consensus)."""
+def under_summary(summary: DiscussionFinished, mode: str | None = None) -> list[Action]:
+    """The actions under a discussion's summary (compare and consensus); ``mode`` defaults to its own."""
+    mode = mode or summary.mode
     did = summary.discussion_id
     answered = [t for t in summary.turns if t.stage == "answer" and t.status == "finished"]
     if mode == "parallel":
