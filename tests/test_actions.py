@@ -170,7 +170,6 @@ async def test_buttons_keep_working_after_a_restart(svc: Services, llm: FakeLLMS
         assert req.providers == ["alpha", "beta"]
     finally:
         await restarted.aclose()
-    svc.store = restarted.store  # the fixture closes what it has; already closed
 
 
 async def test_the_leaderboard_from_scripted_votes(svc: Services, llm: FakeLLMServer) -> None:
