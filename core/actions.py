@@ -145,9 +145,12 @@ class Actions:
         return rows[0]
 
     def _mine(self, caller: Caller, discussion: dict[str, Any]) -> None:
-        """A button acts only in the workspace its discussion belongs to."""
+        """A button acts only in the workspace its discussion belongs to, for someone policy lets
+        use that discussion's command here (who may not /compare may not vote on one either)."""
         if discussion.get("workspace") and discussion["workspace"] != caller.workspace:
             raise Refused("⛔ That discussion belongs to another workspace.", "policy")
+        if discussion.get("command"):
+            self.governance.check_command(Request(discussion["command"]), caller)
 
     # --- claims ------------------------------------------------------------------------------
     async def claim(self, action: Action, caller: Caller) -> bool:

@@ -69,6 +69,10 @@ async def test_feedback_and_votes_are_one_per_person_and_changeable(svc: Service
         await acts.vote(ALICE, did, "not-a-turn")
     with pytest.raises(Refused):  # a button of another workspace's discussion
         await acts.vote(Caller("slack:T2", "UALICE", "C1"), did, a)
+    await admin(svc, "policy deny commands:compare users:UBOB")
+    with pytest.raises(Refused, match="compare"):  # who may not /compare here may not vote on one
+        await acts.vote(BOB, did, a)
+    assert acts.tally(did) == [{"turn_id": b, "votes": 2}]
 
 
 async def test_a_click_is_claimed_once_across_replicas(svc: Services) -> None:
