@@ -188,7 +188,12 @@ async def test_a_discussion_settles_at_its_reported_cost(svc: Services, llm: Fak
     assert row[0] == "settled" and row[1] == pytest.approx((100 * 1.0 + 10 * 2.0) / 1e6)
     assert row[2] == events[0].discussion_id
     spent = (await admin(svc, "usage", ALICE)).rows[0]
-    assert spent["today_usd"] == pytest.approx(row[1])
+    assert spent["today_usd"] == pytest.approx(row[1]) and spent["estimated"] is False
+    llm.scenarios["alpha-1"] = Scenario(text="No usage sent.", usage="none")
+    grant = await svc.governance.admit(parse("ask", "provider:alpha When?"), ALICE)
+    await run(svc, grant)
+    svc.store.flush()
+    assert (await admin(svc, "usage", ALICE)).rows[0]["estimated"] is True  # estimates stay flagged
     assert svc.store.discussion(row[2])["workspace"] == WS
 
 

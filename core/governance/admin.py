@@ -359,9 +359,13 @@ def usage(gov: Governance, caller: Caller, services: Services) -> Answer:
     periods = Periods.at()
     remaining = _remaining(gov, caller)
     mine = {p: round(v, 6) for p, v in gov.db.totals(caller.workspace, "user", caller.user, periods).items()}
-    rows: list[dict[str, Any]] = [{"kind": "you", "today_usd": mine["daily"], "month_usd": mine["monthly"]}]
+    month_rows = gov.db.spend_rows(caller.workspace, periods.month)
+    estimated = any(r["estimated"] for r in month_rows if r["user"] == caller.user)
+    rows: list[dict[str, Any]] = [{"kind": "you", "today_usd": mine["daily"], "month_usd": mine["monthly"],
+                                   "estimated": estimated}]
     rows += [{"kind": "budget", **r} for r in remaining]
-    doc = [line(strong("Your spend"), f": {_money(mine['daily'])} today, {_money(mine['monthly'])} this month")]
+    flag = " (part of it estimated: a provider sent no usage)" if estimated else ""
+    doc = [line(strong("Your spend"), f": {_money(mine['daily'])} today, {_money(mine['monthly'])} this month{flag}")]
     doc += _budget_doc(gov, remaining, "What your budgets leave")[1:] if remaining else []
     if gov.is_admin(caller):
         if caller.workspace == "terminal":
@@ -376,7 +380,7 @@ def usage(gov: Governance, caller: Caller, services: Services) -> Answer:
         rows += [{"kind": "provider", **r} for r in table]
         doc += [line()] + usage_doc(table)
         by: dict[str, dict[str, float]] = {"user": {}, "channel": {}}
-        for r in gov.db.spend_rows(caller.workspace, periods.month):
+        for r in month_rows:
             for k in by:
                 if r[k]:
                     by[k][r[k]] = by[k].get(r[k], 0.0) + (r["usd"] or 0.0)
