@@ -154,7 +154,9 @@ class Actions:
 
     # --- claims ------------------------------------------------------------------------------
     async def claim(self, action: Action, caller: Caller) -> bool:
-        """True the first time ``caller`` clicks this within CLAIM_SECONDS (across replicas)."""
+        """True the first time ``caller`` clicks this within CLAIM_SECONDS (across replicas).
+        Claim after the checks that may refuse (admission), just before acting: a refused click
+        tried again is not "already done"."""
         key = f"{caller.workspace}|{caller.user}|{action.encode()}"
         now = time.time()
 
@@ -192,18 +194,12 @@ class Actions:
             spec = reg.get(pid)
             if pid in current_providers or not reg.configured(spec) and not gov.own_keys(caller, [pid]):
                 continue
-            try:
-                gov.check_model(caller, pid, spec.default_model)
-            except Refused:
+            if not (gov.allows(caller, "providers", pid) and gov.allows(caller, "models", f"{pid}/{spec.default_model}")):
                 continue
             out.append((f"provider:{pid}", f"{spec.label} · {spec.default_model}"))
         if action.kind == "again":
             for p in self.services.personas.all():
-                if p.id in current_personas:
-                    continue
-                try:
-                    gov._check(caller, "personas", p.id)
-                except Refused:
+                if p.id in current_personas or not gov.allows(caller, "personas", p.id):
                     continue
                 out.append((f"persona:{p.id}", f"{p.emoji + ' ' if p.emoji else ''}{p.name}, {p.role}"))
         return out[:MAX_CHOICES]

@@ -303,25 +303,28 @@ async def test_consensus_stages_appear_in_the_thread(rig: Rig) -> None:
     rig.llm.default = Scenario(text="Answer. RANKING: A > B\nREVISED ANSWER: revised view")
     await rig.run(lambda: rig.interaction("consensus", {"prompt": "Should we?", "providers": "one,two"}))
     [thread_id] = rig.thread_ids()
-    contents = [m.content for m in rig.api.channel_messages(thread_id)]
-    titles = [i for i, c in enumerate(contents) if c.startswith("**Stage")]
-    assert [contents[i] for i in titles] == [
-        "**Stage 1 · Independent answers**",
-        "**Stage 2 · Anonymous review, round 1**",
-        "**Stage 3 · Moderator synthesis**",
+    messages = rig.api.channel_messages(thread_id)
+    contents = [m.content for m in messages]
+    # one compact stage line heads the thread, edited in place as each stage starts, all ✅ at the end
+    stages = ["Stage 1 · Independent answers", "Stage 2 · Anonymous review, round 1", "Stage 3 · Moderator synthesis"]
+    line = messages[0]
+    assert [text for _, text in line.history] == [
+        f"⏳ {stages[0]}  ◻ {stages[1]}  ◻ {stages[2]}",
+        f"✅ {stages[0]}  ⏳ {stages[1]}  ◻ {stages[2]}",
+        f"✅ {stages[0]}  ✅ {stages[1]}  ⏳ {stages[2]}",
+        f"✅ {stages[0]}  ✅ {stages[1]}  ✅ {stages[2]}",
     ]
-    s1, s2, s3 = titles
-    assert s1 == 0
 
     def labels(msgs: list[str]) -> list[str]:
         return sorted(c.split("\n", 1)[0] for c in msgs)
 
-    # each stage's turns are posted under that stage's title, labelled with the stage
-    assert labels(contents[s1 + 1 : s2]) == ["`one/one-m`", "`two/two-m`"]
-    assert labels(contents[s2 + 1 : s3]) == ["`one/one-m` · review 1", "`two/two-m` · review 1"]
-    assert labels(contents[s3 + 1 : -1]) == ["**⚖️ Moderator** · `one/one-m` · synthesis"]
-    turns = contents[s1 + 1 : s2] + contents[s2 + 1 : s3] + contents[s3 + 1 : -1]
-    assert len(turns) == 5 and all(body(c) == "Answer. RANKING: A > B\nREVISED ANSWER: revised view" for c in turns)
+    # each stage's turns are posted after the earlier stage's, labelled with the stage
+    assert labels(contents[1:3]) == ["`one/one-m`", "`two/two-m`"]
+    assert labels(contents[3:5]) == ["`one/one-m` · review 1", "`two/two-m` · review 1"]
+    assert labels(contents[5:6]) == ["**⚖️ Moderator** · `one/one-m` · synthesis"]
+    turns = contents[1:6]
+    assert len(contents) == 7
+    assert all(body(c) == "Answer. RANKING: A > B\nREVISED ANSWER: revised view" for c in turns)
     summary = contents[-1]
     assert "5 turns (0 failed)" in summary and "Peer ranking" in summary
     for p in ("one", "two"):

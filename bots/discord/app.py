@@ -20,6 +20,19 @@
 - ``@Parley compare providers:a,b Question`` in a channel answers in a new thread;
   a mention inside a thread is a follow-up with that thread's context
   (conversation ``discord:<thread_id>``). Works without the message-content intent.
+- Under answers and summaries (:mod:`bots.discord.components`): buttons whose ``custom_id``
+  is a :class:`core.actions.Action`, and after a compare a native poll. A click (a component
+  interaction) is decoded, claimed once (:meth:`core.actions.Actions.claim`) and acted on:
+  feedback and votes are confirmed privately; "Ask again with…" and "Compare with…" open a
+  private menu of what policy lets *this* person use; what starts a discussion goes through
+  governance and runs in the same thread, like a mention follow-up. Poll votes arrive as
+  gateway events (``on_raw_poll_vote_add``/``_remove``). Everything is read from the store,
+  so a button works after a restart and on another replica.
+- With ``PARLEY_DISCORD_MESSAGE_CONTENT=1`` (the privileged intent) and ``/policy followups on``,
+  a message without a mention in one of Parley's threads is a follow-up too.
+- Installed to a person (a user install) in a server Parley's bot is not in, or in a group
+  DM, Parley cannot post in the channel: the discussion is rendered through the interaction
+  itself (:class:`bots.discord.sink.InteractionSink`, at most 5 follow-ups).
 - At start-up, messages a previous process left open are marked interrupted
   (:mod:`bots.discord.recovery`). Settings and the client: :mod:`bots.discord.config`;
   entry points: :mod:`bots.discord.main`.
@@ -36,13 +49,14 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bots.discord import recovery
+from bots.discord import components, recovery
 from bots.discord.commands import command_payloads, complete, payload_hash, request_from
 from bots.discord.format import CONTENT_LIMIT, NO_MENTIONS, chunks, doc_to_markdown, thread_name
 from bots.discord.permissions import missing_message, missing_permissions, permission_message
 from bots.discord.ratelimit import ChannelBudgets
-from bots.discord.sink import FRONT_END, DiscordSink
+from bots.discord.sink import FRONT_END, DiscordSink, InteractionSink
 from core import info
+from core.actions import MENUS, STARTS, Action, Actions, Polls
 from core.commands import COMMANDS, Request, parse, parse_line
 from core.errors import ParleyError, UsageError, redact
 from core.governance import Grant
@@ -121,6 +135,16 @@ def message_caller(message: discord.Message, channel: Any) -> Caller:
     )
 
 
+def through_interaction(interaction: discord.Interaction) -> bool:
+    """Whether Parley can only answer through the interaction: installed to the person who
+    asked (``authorizing_integration_owners`` has USER_INSTALL, not this server's GUILD_INSTALL)
+    somewhere its bot cannot post: a server it is not a member of, or a group DM (context 2).
+    The bot's own DMs (context 1) it can always write in."""
+    if interaction.is_guild_integration() or not interaction.is_user_integration():
+        return False
+    return not interaction.context.dm_channel
+
+
 def shown(message: str) -> str:
     """A refusal as the person sees it: the core's sentence, marked once."""
     return message if message.startswith(("⛔", "⚠️")) else f"⚠️ {message}"
@@ -147,8 +171,12 @@ class DiscordFront(Requests):
         super().__init__()
         #: Shown each discussion's renderer (tests and benchmarks read its counters); none is kept here.
         self.on_renderer = on_renderer
+        self.actions = Actions(services)
+        self.polls = Polls(self.actions)
         client.event(self.on_interaction)
         client.event(self.on_message)
+        client.event(self.on_raw_poll_vote_add)
+        client.event(self.on_raw_poll_vote_remove)
 
     # --- lifecycle ------------------------------------------------------------------------------------
     async def login(self, token: str) -> None:
@@ -199,6 +227,9 @@ class DiscordFront(Requests):
 
     async def _interaction(self, interaction: discord.Interaction) -> None:
         data: dict[str, Any] = dict(interaction.data or {})
+        if interaction.type is discord.InteractionType.component:
+            await self._component(interaction, data)
+            return
         name = str(data.get("name", ""))
         if name not in COMMANDS:
             return
@@ -230,13 +261,18 @@ class DiscordFront(Requests):
             except (UsageError, ParleyError) as e:
                 await interaction.response.send_message(shown(e.message), ephemeral=True)
                 return
-            # Defer within Discord's 3 seconds; everything slower happens after.
-            await interaction.response.defer(ephemeral=True, thinking=True)
+            # Defer within Discord's 3 seconds; everything slower happens after. A discussion
+            # shown through the interaction is public, like the thread it stands in for.
+            public = grant is not None and through_interaction(interaction)
+            await interaction.response.defer(ephemeral=not public, thinking=True)
             if grant is None:
                 await self._info(interaction, req, caller)
             else:
                 self._alert(caller.workspace, grant.alerts)
-                await self._from_command(interaction, grant)
+                if public:
+                    await self._through(interaction, grant, f"discord:i:{interaction.id}")
+                else:
+                    await self._from_command(interaction, grant)
         finally:
             if grant is not None:
                 grant.release()  # a no-op once the discussion settled it
@@ -333,6 +369,141 @@ class DiscordFront(Requests):
             await tell("✅ Answering below.")
         await self._discuss(grant, target, in_thread=in_guild, on_problem=tell)
 
+    # --- through the interaction (a user install where the bot cannot post) ---------------------------
+    async def _through(self, interaction: discord.Interaction, grant: Grant, conversation: str) -> None:
+        req = grant.request
+        panel = ", ".join(p.title for p in grant.panel)
+        quoted = "\n".join("> " + line for line in req.prompt.splitlines()) or "> …"
+        head = f"{interaction.user.mention} asked · **/{req.command}** · {panel}\n{quoted}"[:CONTENT_LIMIT]
+
+        async def tell(message: str) -> None:
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.followup.send(message, ephemeral=True)
+
+        with contextlib.suppress(discord.HTTPException):
+            await interaction.edit_original_response(content=head, allowed_mentions=NO_MENTIONS)
+
+        def make_sink(discussion_id: str) -> InteractionSink:
+            return InteractionSink(interaction, self.budgets, head=head)
+
+        await discuss_in_thread(
+            self.services, grant, conversation=conversation, front_end=FRONT_END,
+            thread=(f"interaction:{interaction.id}", {"interaction": interaction.id}), make_sink=make_sink,
+            on_error=tell, on_renderer=self.on_renderer,
+        )
+
+    # --- buttons, menus and polls -----------------------------------------------------------------------
+    async def _component(self, interaction: discord.Interaction, data: dict[str, Any]) -> None:
+        """A click on a button or a choice in a menu under one of Parley's messages."""
+        action = Action.decode(str(data.get("custom_id", "")))
+        if action is None:
+            return  # not Parley's
+        action = components.choice_of(action, data)
+        # A choice in the private menu Parley opened replaces that menu; anything else is answered privately.
+        in_menu = action.kind in MENUS and bool(action.choice)
+        caller = caller_of(interaction)
+
+        async def say(text: str, rows: list[dict[str, Any]] | None = None) -> None:
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.edit_original_response(content=text[:CONTENT_LIMIT], allowed_mentions=NO_MENTIONS,
+                                                         view=components.view(rows or []))
+
+        if action.kind in STARTS and (action.choice or action.kind not in MENUS):
+            await self._start(interaction, caller, action, in_menu=in_menu)
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)  # within Discord's 3 seconds
+        try:
+            if action.kind in MENUS:
+                choices = self.actions.choices(caller, action)
+                if not choices:
+                    await say("⛔ There is nothing else here that you may use for this.")
+                    return
+                await say(f"**{action.label}**", components.menu(action, choices))
+                return
+            if not await self.actions.claim(action, caller):
+                await say("✅ Already done.")
+                return
+            if action.kind in ("up", "down"):
+                answer = await self.actions.feedback(caller, action.target, 1 if action.kind == "up" else -1)
+            elif action.kind == "vote" and action.choice:
+                answer = await self.actions.vote(caller, action.target, action.choice)
+            else:
+                return
+            await say(doc_to_markdown(answer.doc))
+        except (UsageError, ParleyError) as e:
+            await say(shown(e.message))
+
+    async def _start(self, interaction: discord.Interaction, caller: Caller, action: Action, *, in_menu: bool) -> None:
+        """An action that starts a discussion: admitted like any request, then run in the same thread."""
+        ticket: Ticket | None = None
+        grant: Grant | None = None
+        try:
+            try:
+                ticket = self.admit(interaction.guild_id, interaction.user.id)
+                req, conversation = self.actions.request(caller, action)
+                grant = await self.services.governance.admit(req, caller, conversation=conversation)
+                if not await self.actions.claim(action, caller):
+                    raise UsageError("✅ Already on it: a click a moment ago started this.")
+            except (UsageError, ParleyError) as e:
+                if grant is not None:
+                    grant.release()
+                    grant = None
+                text = e.message if e.message.startswith("✅") else shown(e.message)
+                if in_menu:
+                    await interaction.response.edit_message(content=text, view=components.view([]))
+                else:
+                    await interaction.response.send_message(text, ephemeral=True)
+                return
+            public = through_interaction(interaction)
+            if in_menu:
+                await interaction.response.edit_message(content=f"✅ {action.label.rstrip('…')}: "
+                                                        f"{action.choice.partition(':')[2]}", view=components.view([]))
+            else:
+                await interaction.response.defer(ephemeral=not public, thinking=True)
+            self._alert(caller.workspace, grant.alerts)
+            if public:
+                await self._through(interaction, grant, conversation or f"discord:i:{interaction.id}")
+                return
+
+            async def tell(message: str) -> None:
+                with contextlib.suppress(discord.HTTPException):
+                    await interaction.followup.send(message, ephemeral=True)
+
+            if not in_menu:
+                with contextlib.suppress(discord.HTTPException):
+                    await interaction.edit_original_response(content="✅ Answering below.")
+            channel_id = interaction.channel_id
+            assert channel_id is not None
+            await self._discuss(grant, channel_id, in_thread=isinstance(interaction.channel, discord.Thread),
+                                on_problem=tell, conversation=conversation)
+        finally:
+            if grant is not None:
+                grant.release()
+            if ticket is not None:
+                ticket.release()
+
+    async def on_raw_poll_vote_add(self, payload: discord.RawPollVoteActionEvent) -> None:
+        self.spawn(self._poll_vote(payload, added=True))
+
+    async def on_raw_poll_vote_remove(self, payload: discord.RawPollVoteActionEvent) -> None:
+        self.spawn(self._poll_vote(payload, added=False))
+
+    async def _poll_vote(self, payload: discord.RawPollVoteActionEvent, *, added: bool) -> None:
+        """A vote on a poll; Parley's polls are the best-answer polls after a compare. A person
+        has one vote there, changed by voting again (Discord sends the removal and the new vote)."""
+        if self.client.user is not None and payload.user_id == self.client.user.id:
+            return
+        channel = self.client.get_channel(payload.channel_id)
+        caller = Caller(workspace_of(payload.guild_id, payload.user_id), str(payload.user_id),
+                        _policy_channel(channel, payload.channel_id), front_end=FRONT_END)
+        try:
+            await self.polls.vote(caller, str(payload.message_id), payload.answer_id, added=added)
+        except (UsageError, ParleyError) as e:
+            log.info("a poll vote was not counted: %s", e.message)
+
+    def _record_poll(self, message_id: int, discussion_id: str, answers: dict[int, str]) -> None:
+        self.polls.record(str(message_id), discussion_id, answers)
+
     # --- mentions -------------------------------------------------------------------------------------
     async def on_message(self, message: discord.Message) -> None:
         me = self.client.user
@@ -340,13 +511,26 @@ class DiscordFront(Requests):
             return
         is_dm = message.guild is None
         if not is_dm and me.id not in message.raw_mentions:
+            if not self._may_follow_up(message):
+                return
+            self.spawn(self._from_message(message, mentioned=False))
             return
         self.spawn(self._from_message(message))
 
-    async def _from_message(self, message: discord.Message) -> None:
+    def _may_follow_up(self, message: discord.Message) -> bool:
+        """A message without a mention may be a follow-up: only with the message content intent, in a
+        thread, where an admin turned follow-ups on (whether it is Parley's thread is read after)."""
+        if not self.client.intents.message_content or not isinstance(message.channel, discord.Thread):
+            return False
+        guild = message.guild
+        return guild is not None and self.services.governance.followups(workspace_of(guild.id, message.author.id))
+
+    async def _from_message(self, message: discord.Message, *, mentioned: bool = True) -> None:
         me = self.client.user
         assert me is not None
         text = re.sub(rf"<@!?{me.id}>", " ", message.content or "").strip()  # the question keeps its lines
+        if not mentioned and (not text or not self.services.store.history(f"discord:{message.channel.id}", limit=1)):
+            return  # not one of Parley's threads (no discussion there yet): not for us
 
         async def reply(content: str) -> None:
             for part in chunks(content):
@@ -404,13 +588,15 @@ class DiscordFront(Requests):
 
     # --- the discussion, streamed into the thread -----------------------------------------------------
     async def _discuss(
-        self, grant: Grant, channel_id: int, *, in_thread: bool, on_problem: Callable[[str], Awaitable[Any]]
+        self, grant: Grant, channel_id: int, *, in_thread: bool, on_problem: Callable[[str], Awaitable[Any]],
+        conversation: str | None = None,
     ) -> None:
         def make_sink(discussion_id: str) -> DiscordSink:
-            return DiscordSink(self.client, channel_id, self.budgets, in_thread=in_thread, on_problem=on_problem)
+            return DiscordSink(self.client, channel_id, self.budgets, in_thread=in_thread, on_problem=on_problem,
+                               on_poll=self._record_poll)
 
         await discuss_in_thread(
-            self.services, grant, conversation=f"discord:{channel_id}", front_end=FRONT_END,
+            self.services, grant, conversation=conversation or f"discord:{channel_id}", front_end=FRONT_END,
             thread=(str(channel_id), {"channel": channel_id}), make_sink=make_sink, on_error=on_problem,
             on_renderer=self.on_renderer,
         )

@@ -52,6 +52,11 @@ MAX_CHOICES = 25
 MAX_KEY_CHARS = 500
 #: The longest panel name the core takes.
 MAX_NAME_CHARS = 40
+#: Where the commands may be used: server channels (0), the bot's DMs (1), group DMs and DMs
+#: between other people (2, only through a user install). Installed to a server (0) and to a
+#: person (1). https://discord.com/developers/docs/interactions/application-commands#interaction-contexts
+CONTEXTS = (0, 1, 2)
+INTEGRATION_TYPES = (0, 1)
 #: Manage Server, as Discord's ``default_member_permissions`` bit set (a string).
 MANAGE_GUILD = str(1 << 5)
 #: What the ``name`` option of an action holds, by command.
@@ -146,8 +151,8 @@ def command_payloads(max_prompt_chars: int = 8000) -> list[dict[str, Any]]:
             "name": c.name,
             "description": _describe(c.summary),
             "options": options,
-            "contexts": [0, 1],  # guild channels and the bot's DMs
-            "integration_types": [0],  # installed to a server
+            "contexts": list(CONTEXTS),
+            "integration_types": list(INTEGRATION_TYPES),
         }
         if c.admin:
             # Shown only to members with Manage Server (a server can grant it to others under

@@ -2,9 +2,16 @@
 
 ``DISCORD_TOKEN`` (the bot token), ``DISCORD_GUILD_ID`` (sync commands to one
 server instead of globally), ``DISCORD_API_URL`` (the REST base: a proxy, or a
-loopback fake in tests) and ``PARLEY_DISCORD_SHARDS``: ``auto``
+loopback fake in tests), ``PARLEY_DISCORD_SHARDS``: ``auto``
 (AutoShardedClient), ``8`` (all 8 shards here), or ``0-3/8`` (shards 0..3 of 8:
-split shards across processes).
+split shards across processes), and ``PARLEY_DISCORD_MESSAGE_CONTENT=1``: ask for
+the privileged message content intent, so that a message in one of Parley's threads
+without a mention can be a follow-up (when an admin turned ``/policy followups on``).
+
+:func:`intents` is exactly what the handlers use: servers and their channels and
+threads, messages in servers and DMs (a mention carries its text without the
+privileged intent), poll votes (the best-answer poll after a compare), and message
+content only when asked for.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ class DiscordSettings(EnvSettings):
     guild_id: int | None = Field(None, validation_alias=AliasChoices("DISCORD_GUILD_ID"))
     api_url: str | None = Field(None, validation_alias=AliasChoices("DISCORD_API_URL"))
     shards: str | None = Field(None, validation_alias=AliasChoices("PARLEY_DISCORD_SHARDS"))
+    #: The privileged message content intent (enable it under Bot → Privileged Gateway Intents too).
+    message_content: bool = Field(False, validation_alias=AliasChoices("PARLEY_DISCORD_MESSAGE_CONTENT"))
 
 
 def check_token(settings: DiscordSettings) -> str:
@@ -97,15 +106,26 @@ class _NoTypedText(logging.Filter):
 _GATEWAY_FILTER = _NoTypedText()
 
 
+def intents(settings: DiscordSettings) -> discord.Intents:
+    """The gateway intents Parley uses, and no other
+    (https://discord.com/developers/docs/events/gateway#gateway-intents)."""
+    return discord.Intents(
+        guilds=True,  # servers, channels, threads (THREAD_CREATE): where a message or a click comes from
+        guild_messages=True,  # mentions in channels and threads
+        dm_messages=True,  # DMs with the bot
+        guild_polls=True,  # MESSAGE_POLL_VOTE_ADD/REMOVE: votes on the best-answer poll
+        dm_polls=True,
+        # Privileged: the text of messages that do not mention the bot (follow-ups in Parley's threads).
+        message_content=settings.message_content,
+    )
+
+
 def make_client(settings: DiscordSettings, **options: Any) -> discord.Client:
-    """The discord.py client: no privileged intents, no pings, 429s surfaced to the renderer,
+    """The discord.py client: only the intents used, no pings, 429s surfaced to the renderer,
     no typed text in discord.py's debug log."""
     logging.getLogger("discord.gateway").addFilter(_GATEWAY_FILTER)  # once: a filter is added once
-    intents = discord.Intents.default()
-    intents.typing = False
-    intents.message_content = False  # mentions and DMs still carry their content
     kwargs: dict[str, Any] = {
-        "intents": intents,
+        "intents": intents(settings),
         "allowed_mentions": NO_MENTIONS,
         "http_trace": rate_limit_trace(),
         "chunk_guilds_at_startup": False,

@@ -33,6 +33,8 @@ async def recover(client: discord.Client, store: Store) -> int:
     """Mark every message a previous process left open as interrupted. Returns how many."""
 
     async def mark(ref: dict[str, Any], shown: str) -> None:
+        if ref.get("interaction"):
+            return  # rendered through an interaction whose token has died: nothing can be written there
         channel = client.get_partial_messageable(int(ref["channel"]))
         if ref.get("kind") == "thread":
             await channel.send(content=THREAD_INTERRUPTED, allowed_mentions=NO_MENTIONS)

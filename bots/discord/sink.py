@@ -12,12 +12,25 @@ it at once, without calling Discord. The store is the ledger's business
 (:mod:`core.ledger`): this sink only says how to find a message again.
 
 A notice longer than one message (a long summary) that meets a 429 part-way is
-retried by the renderer; the sink remembers how many of its messages went out
-and resumes after them, so no part is posted twice.
+retried by the renderer; the sink remembers how many of its writes went out and
+resumes after them, so no part is posted twice.
+
+Progress and actions (:mod:`bots.discord.components`): a consensus gets one compact
+stage line at the top of its thread, edited in place as each stage starts and marked
+✅ (or ✗ where it failed) when the discussion ends; a finished answer's last message
+carries its buttons (``Frame.actions``); a summary's last message carries the buttons
+of :func:`core.actions.under_summary` and, after a compare, a native poll for the best
+answer (``on_poll`` records which answer is which turn).
+
+:class:`InteractionSink` renders a discussion through the interaction itself, for a
+user-installed Parley in a server it is not a member of (or a group DM): the original
+response and at most 5 follow-ups (Discord's limit for user-installed apps), one per
+turn until the last, which then carries the remaining turns and the summary together.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -27,11 +40,20 @@ from typing import Any, TypeVar
 
 import discord
 
-from bots.discord.format import MESSAGE_LIMIT, NO_MENTIONS, chunks, doc_to_markdown, message_content
+from bots.discord import components
+from bots.discord.format import (
+    CONTENT_LIMIT,
+    MESSAGE_LIMIT,
+    NO_MENTIONS,
+    chunks,
+    doc_to_markdown,
+    message_content,
+)
 from bots.discord.permissions import permission_message
 from bots.discord.ratelimit import ChannelBudgets, DiscordRateLimited, fail_fast
+from core.actions import Action, under_summary
 from core.budget import TokenBucket
-from core.events import DiscussionFinished, StageStarted
+from core.events import DiscussionFinished, DiscussionStarted, StageStarted
 from core.present import summary_doc
 from core.sink import Frame, MessageClosed, Notice, Sink, Undeliverable
 
@@ -40,6 +62,48 @@ log = logging.getLogger("parley.discord")
 FRONT_END = "discord"
 
 T = TypeVar("T")
+#: Told which poll answer is which turn: (message id, discussion id, {answer id: turn id}).
+OnPoll = Callable[[int, str, dict[int, str]], None]
+
+
+class Progress:
+    """A consensus's stages, and which one runs: what the stage line shows."""
+
+    def __init__(self) -> None:
+        self.stages: list[str] = []
+        self.current = 0
+        self.prompt = ""
+
+    def start(self, event: DiscussionStarted) -> bool:
+        """A discussion starts; whether it has a stage line (a consensus). Its first stage starts at once."""
+        self.stages, self.current, self.prompt = list(event.stages), 0, event.prompt
+        return len(self.stages) > 1
+
+    def moves(self, event: StageStarted) -> bool:
+        """Whether ``event`` changes the line (the first stage is already shown running)."""
+        return bool(self.stages) and self._index(event) != self.current
+
+    def advance(self, event: StageStarted) -> None:
+        self.current = self._index(event)
+
+    def _index(self, event: StageStarted) -> int:
+        return self.stages.index(event.title) if event.title in self.stages else min(
+            self.current + 1, len(self.stages) - 1)
+
+    def line(self, ended: str | None = None) -> str:
+        return components.stage_line(self.stages, self.current, ended=ended)
+
+
+def summary_parts(event: DiscussionFinished) -> tuple[list[str], list[Action], list[Action]]:
+    """A summary's messages, the buttons under it and its votes (a poll after a compare)."""
+    actions = under_summary(event, event.mode)
+    votes = [a for a in actions if a.kind == "vote"]
+    return chunks(doc_to_markdown(summary_doc(event))), [a for a in actions if a.kind != "vote"], votes
+
+
+def _view(actions: tuple[Action, ...] | list[Action]) -> dict[str, Any]:
+    """``view=`` for a message that shows ``actions`` (nothing when there are none)."""
+    return {"view": components.view(components.button_rows(actions))} if actions else {}
 
 
 @dataclass
@@ -65,8 +129,12 @@ class DiscordSink(Sink):
         in_thread: bool = True,
         on_problem: Callable[[str], Awaitable[Any]] | None = None,
         on_call: Callable[[str], None] | None = None,
+        on_poll: OnPoll | None = None,
     ) -> None:
         self.client = client
+        self.on_poll = on_poll
+        self.progress = Progress()
+        self._stage_message: int | None = None
         self.channel_id = channel_id
         self.destination = str(channel_id)
         self.channel = client.get_partial_messageable(channel_id)
@@ -91,38 +159,73 @@ class DiscordSink(Sink):
     # --- Sink -----------------------------------------------------------------------------------------
     async def post(self, frame: Frame) -> DiscordRef:
         content = message_content(frame)
-        msg = await self._call("post", lambda: self._send(content))
+        msg = await self._call("post", lambda: self._send(content, **_view(frame.actions)))
         return DiscordRef(self.channel_id, msg.id, shown=content)
 
     async def edit(self, ref: DiscordRef, frame: Frame) -> None:
         content = message_content(frame)
         message = self.channel.get_partial_message(ref.message_id)
         try:
-            await self._call("edit", lambda: message.edit(content=content, allowed_mentions=NO_MENTIONS))
+            await self._call("edit", lambda: message.edit(content=content, allowed_mentions=NO_MENTIONS,
+                                                          **_view(frame.actions)))
         except discord.NotFound:
             # Deleted by someone: what it showed stays gone, the rest continues in a new message.
             raise MessageClosed() from None
         ref.shown = content
 
     def shows(self, event: Notice) -> bool:
-        """Stage titles and the summary get a message; the parent already heads the thread."""
-        return isinstance(event, (StageStarted, DiscussionFinished))
+        """A consensus's stage line (posted at the start, edited as stages start) and the summary;
+        the parent message already heads the thread."""
+        if isinstance(event, DiscussionStarted):
+            return self.progress.start(event)
+        if isinstance(event, StageStarted):
+            return self._stage_message is not None and self.progress.moves(event)
+        return isinstance(event, DiscussionFinished)
 
     async def notice(self, event: Notice) -> None:
-        if isinstance(event, StageStarted):
-            text = f"**{event.title}**"
+        steps: list[Callable[[], Awaitable[Any]]] = []
+        if isinstance(event, DiscussionStarted):
+            steps.append(self._post_stage_line)
+        elif isinstance(event, StageStarted):
+            self.progress.advance(event)
+            steps.append(functools.partial(self._edit_stage_line, self.progress.line()))
         elif isinstance(event, DiscussionFinished):
-            text = doc_to_markdown(summary_doc(event))
-        else:
-            return  # the parent message (or the mention) heads the thread
-        parts = chunks(text)
+            if self._stage_message is not None:
+                steps.append(functools.partial(self._edit_stage_line, self.progress.line(event.status)))
+            parts, buttons, votes = summary_parts(event)
+            for i, part in enumerate(parts):
+                last = i == len(parts) - 1
+                steps.append(functools.partial(self._post_summary, event, part, buttons if last else [],
+                                               votes if last else []))
         start = self._notice[1] if self._notice is not None and self._notice[0] is event else 0
-        for i in range(start, len(parts)):
-            if i > start:  # the renderer paid for the first message of this attempt
+        for i in range(start, len(steps)):
+            if i > start:  # the renderer paid for the first write of this attempt
                 await self.post_budget.acquire(0.5)
-            await self._call("post", functools.partial(self._send, parts[i]))
+            await steps[i]()
             self._notice = (event, i + 1)
         self._notice = None
+
+    async def _post_stage_line(self) -> None:
+        msg = await self._call("post", functools.partial(self._send, self.progress.line()))
+        self._stage_message = msg.id
+
+    async def _edit_stage_line(self, text: str) -> None:
+        assert self._stage_message is not None
+        message = self.channel.get_partial_message(self._stage_message)
+        try:
+            await self._call("edit", lambda: message.edit(content=text, allowed_mentions=NO_MENTIONS))
+        except discord.NotFound:
+            self._stage_message = None  # deleted: the thread reads on without it
+
+    async def _post_summary(self, event: DiscussionFinished, text: str, buttons: list[Action],
+                            votes: list[Action]) -> None:
+        extra = _view(buttons)
+        chosen: list[str] = []
+        if len(votes) >= 2 and self.on_poll is not None:
+            extra["poll"], chosen = components.poll_for(event, votes, self.progress.prompt)
+        msg = await self._call("post", functools.partial(self._send, text, **extra))
+        if chosen and self.on_poll is not None:
+            self.on_poll(msg.id, event.discussion_id, components.poll_answers(msg, chosen))
 
     def record(self, ref: DiscordRef) -> dict[str, Any]:
         return {"kind": "message", "channel": ref.channel_id, "message": ref.message_id}
@@ -131,8 +234,8 @@ class DiscordSink(Sink):
         return ref.shown
 
     # --- helpers --------------------------------------------------------------------------------------
-    def _send(self, content: str) -> Awaitable[discord.Message]:
-        return self.channel.send(content=content, allowed_mentions=NO_MENTIONS, suppress_embeds=True)
+    def _send(self, content: str, **extra: Any) -> Awaitable[discord.Message]:
+        return self.channel.send(content=content, allowed_mentions=NO_MENTIONS, suppress_embeds=True, **extra)
 
     async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
         if self.problem is not None:
@@ -173,3 +276,197 @@ class DiscordSink(Sink):
                 with contextlib.suppress(Exception):
                     await self.on_problem(message)
         return Undeliverable(self.problem)
+
+
+# --- through the interaction (a user install where the bot is not a member) -------------------------------
+
+#: Follow-ups a user-installed app may create per interaction (the original response comes on top):
+#: https://discord.com/developers/docs/change-log#userinstallable-apps-general-availability
+#: ("User-installed apps are now limited to creating a maximum of 5 follow-ups").
+MAX_FOLLOWUPS = 5
+
+
+@dataclass
+class _Slot:
+    """One interaction message: the original response (``message_id`` None) or a follow-up."""
+
+    message_id: int | None
+    texts: list[str]
+    actions: list[list[Action]]
+    polls: list[Any] | None = None
+
+
+@dataclass
+class InteractionRef:
+    slot: _Slot
+    index: int  # which of the slot's parts this message is
+    shown: str = ""
+
+
+def compose(texts: list[str], limit: int = CONTENT_LIMIT) -> str:
+    """Several parts in one message: whole when they fit, else each its header and the end of its text."""
+    joined = "\n\n".join(texts)
+    if len(joined) <= limit:
+        return joined
+    share = (limit - 2 * (len(texts) - 1)) // len(texts)
+    out = []
+    for t in texts:
+        head, _, rest = t.partition("\n")
+        head = head[: max(1, share // 3)]
+        room = max(0, share - len(head) - 3)
+        out.append(f"{head}\n…{rest[-room:] if room else ''}" if len(t) > share else t)
+    return "\n\n".join(out)[:limit]
+
+
+class InteractionSink(Sink):
+    """Render one discussion through its interaction: the original response heads it (who
+    asked what, and a consensus's stage line), each turn is one follow-up until the fifth,
+    which then carries every remaining turn (each shown whole while they fit, else its label
+    and the end of its text) and the summary. Nothing is posted in the channel itself.
+
+    The interaction's token lives 15 minutes: writes after that are refused by Discord and
+    end the turn (:class:`core.sink.Undeliverable`); nothing is left to recover at a restart.
+    """
+
+    limit = MESSAGE_LIMIT
+    min_interval = 1.0
+    front_end = FRONT_END
+
+    def __init__(self, interaction: discord.Interaction, budgets: ChannelBudgets, *, head: str,
+                 max_followups: int = MAX_FOLLOWUPS) -> None:
+        self.interaction = interaction
+        self.budgets = budgets
+        self.destination = f"interaction:{interaction.id}"
+        self.head = head
+        self.max_followups = max_followups
+        self.progress = Progress()
+        self.original = _Slot(None, [head], [])
+        self.followups: list[_Slot] = []
+        self.problem: str | None = None
+        self._notice: tuple[Notice, int] | None = None
+        self._votes: list[tuple[str, str]] = []  # (turn id, label) for the summary's vote menu
+        self._adding = asyncio.Lock()  # two turns posting at once must not both take the last follow-up
+
+    # One budget per interaction (its webhook), sized like a channel's.
+    @property
+    def post_budget(self) -> TokenBucket:  # type: ignore[override]
+        return self.budgets.channel(self.interaction.id)
+
+    @property
+    def edit_budget(self) -> TokenBucket:  # type: ignore[override]
+        return self.budgets.channel(self.interaction.id)
+
+    @property
+    def followups_used(self) -> int:
+        return len(self.followups)
+
+    async def post(self, frame: Frame) -> InteractionRef:
+        return await self._add(message_content(frame), list(frame.actions))
+
+    async def edit(self, ref: InteractionRef, frame: Frame) -> None:
+        ref.slot.texts[ref.index] = ref.shown = message_content(frame)
+        ref.slot.actions[ref.index] = list(frame.actions)
+        await self._write(ref.slot)
+
+    def shown(self, ref: InteractionRef) -> str:
+        return ref.shown
+
+    def shows(self, event: Notice) -> bool:
+        if isinstance(event, DiscussionStarted):
+            return self.progress.start(event)
+        if isinstance(event, StageStarted):
+            return self.progress.moves(event)
+        return isinstance(event, DiscussionFinished)
+
+    async def notice(self, event: Notice) -> None:
+        steps: list[Callable[[], Awaitable[Any]]] = []
+        if isinstance(event, DiscussionStarted):
+            steps.append(functools.partial(self._head, self.progress.line()))
+        elif isinstance(event, StageStarted):
+            self.progress.advance(event)
+            steps.append(functools.partial(self._head, self.progress.line()))
+        elif isinstance(event, DiscussionFinished):
+            if self.progress.stages:
+                steps.append(functools.partial(self._head, self.progress.line(event.status)))
+            parts, buttons, votes = summary_parts(event)
+            # No poll here: poll votes reach only a bot that is in the server. A menu instead.
+            text = "\n".join(parts)
+            extra = [Action("vote", event.discussion_id)] if len(votes) >= 2 else []
+            self._votes = [(v.choice, components.answer_label(t)) for v in votes for t in event.turns
+                           if t.turn_id == v.choice]
+            steps.append(functools.partial(self._add, text, [*extra, *buttons]))
+        start = self._notice[1] if self._notice is not None and self._notice[0] is event else 0
+        for i in range(start, len(steps)):
+            if i > start:
+                await self.post_budget.acquire(0.5)
+            await steps[i]()
+            self._notice = (event, i + 1)
+        self._notice = None
+
+    # --- helpers --------------------------------------------------------------------------------------
+    async def _head(self, line: str) -> None:
+        self.original.texts[0] = f"{self.head}\n{line}"[:CONTENT_LIMIT]
+        await self._write(self.original)
+
+    async def _add(self, text: str, actions: list[Action]) -> InteractionRef:
+        async with self._adding:
+            return await self._add_locked(text, actions)
+
+    async def _add_locked(self, text: str, actions: list[Action]) -> InteractionRef:
+        if len(self.followups) < self.max_followups:
+            slot = _Slot(0, [text], [actions])
+            msg = await self._call(lambda: self.interaction.followup.send(
+                content=compose(slot.texts), wait=True, allowed_mentions=NO_MENTIONS, **self._rows(slot)))
+            slot.message_id = msg.id
+            self.followups.append(slot)
+            return InteractionRef(slot, 0, text)
+        slot = self.followups[-1]  # the last follow-up carries the rest
+        slot.texts.append(text)
+        slot.actions.append(actions)
+        await self._write(slot)
+        return InteractionRef(slot, len(slot.texts) - 1, text)
+
+    def _rows(self, slot: _Slot) -> dict[str, Any]:
+        per_part: list[list[dict[str, Any]]] = []
+        for actions in slot.actions:
+            rows: list[dict[str, Any]] = []
+            for a in actions:
+                if a.kind == "vote" and self._votes:
+                    rows += components.menu(a, self._votes)
+            per_part.append(rows + components.button_rows(a for a in actions if a.kind != "vote"))
+        # At most 5 rows in a message: the latest part (the summary, once it is there) keeps its
+        # rows, the earlier parts' buttons fill what is left in order.
+        last = per_part[-1][: components.MAX_ROWS] if per_part else []
+        earlier = [r for rows in per_part[:-1] for r in rows][: components.MAX_ROWS - len(last)]
+        out = earlier + last
+        return {"view": components.view(out)} if out else {}
+
+    async def _write(self, slot: _Slot) -> None:
+        content = compose(slot.texts)
+        if slot.message_id is None:
+            await self._call(lambda: self.interaction.edit_original_response(
+                content=content, allowed_mentions=NO_MENTIONS, **self._rows(slot)))
+        else:
+            mid = slot.message_id
+            await self._call(lambda: self.interaction.followup.edit_message(
+                mid, content=content, allowed_mentions=NO_MENTIONS, **self._rows(slot)))
+
+    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        if self.problem is not None:
+            raise Undeliverable(self.problem)
+        await self.budgets.bot.acquire(0.0)
+        try:
+            with fail_fast():
+                return await fn()
+        except DiscordRateLimited as rl:
+            if rl.is_global:
+                self.budgets.bot.pause(rl.retry_after)
+            raise
+        except discord.HTTPException as e:
+            if not 400 <= e.status < 500:
+                raise
+            log.warning("Discord refused an interaction write (%s %s)", e.status, e.code)
+            self.problem = ("⚠️ Discord no longer accepts replies to this command (its 15 minutes may be over); "
+                            "what is shown stays." if e.status in (401, 404) else
+                            f"⚠️ Discord refused a reply ({e.status}, code {e.code}); I stopped here.")
+            raise Undeliverable(self.problem) from None

@@ -244,6 +244,10 @@ class Governance:
         known = self.admins(workspace)[:5]
         return f"{who} ({', '.join(known)})" if known else who
 
+    def allows(self, caller: Caller, dimension: str, value: str) -> bool:
+        """Whether policy lets ``caller`` use this provider, ``provider/model``, persona or command here."""
+        return self.view(caller.workspace).rules.check(caller, dimension, value).allowed
+
     def check_command(self, req: Request, caller: Caller) -> None:
         """Policy for any command (admins are never locked out of the administrative ones)."""
         if req.command == "help" or (COMMANDS[req.command].admin and self.is_admin(caller)):

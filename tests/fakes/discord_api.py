@@ -8,7 +8,9 @@ Endpoints: ``GET /users/@me``, ``GET /oauth2/applications/@me``, application
 command bulk overwrite/list (global and guild), channel messages create / edit /
 get, thread from a message, a DM channel with a user (``POST /users/@me/channels``;
 :meth:`FakeDiscordAPI.dm_messages` reads what was sent there), interaction callback,
-original response edit and follow-ups.
+original response edit, follow-ups and their edits. Messages keep their ``components``
+and ``poll`` (answers numbered from 1, as Discord numbers them); interaction messages
+(original responses and follow-ups) are kept per token in :attr:`FakeDiscordAPI.webhook`.
 
 Knobs:
 
@@ -19,7 +21,9 @@ Knobs:
 - ``channel_limit=(n, window)`` enforces a per-channel message bucket (create
   and edit share it) with fixed windows and real ``X-RateLimit-*`` headers, for
   benchmarks;
-- ``on_store(channel_id, message_id, content, t)`` sees every stored content.
+- ``on_store(channel_id, message_id, content, t)`` sees every stored content;
+- ``followup_limit``: the most follow-ups one interaction token may create (Discord allows
+  a user-installed app 5; more is refused with 400).
 """
 
 from __future__ import annotations
@@ -71,6 +75,8 @@ class StoredMessage:
     thread_id: int | None = None
     history: list[tuple[float, str]] = field(default_factory=list)
     edits: int = 0
+    components: list[dict[str, Any]] = field(default_factory=list)
+    poll: dict[str, Any] | None = None
 
 
 @dataclass
@@ -121,6 +127,9 @@ class FakeDiscordAPI:
         self.limited = 0  # 429s answered
         self.on_store: Callable[[int, int, str, float], None] | None = None
         self.latency = 0.0  # seconds added to every response
+        #: interaction token -> its messages: the original response first (None until it has one), then follow-ups
+        self.webhook: dict[str, list[StoredMessage | None]] = {}
+        self.followup_limit: int | None = None
         self._runner: web.AppRunner | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -145,6 +154,7 @@ class FakeDiscordAPI:
         r.add_post("/api/v10/channels/{channel}/messages/{message}/threads", self._create_thread)
         r.add_post("/api/v10/interactions/{id}/{token}/callback", self._callback)
         r.add_patch("/api/v10/webhooks/{app}/{token}/messages/@original", self._edit_original)
+        r.add_patch("/api/v10/webhooks/{app}/{token}/messages/{message}", self._edit_followup)
         r.add_post("/api/v10/webhooks/{app}/{token}", self._followup)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
@@ -280,8 +290,10 @@ class FakeDiscordAPI:
             "id": str(m.id), "channel_id": str(m.channel_id), "author": m.author, "content": m.content,
             "timestamp": iso(), "edited_timestamp": iso() if m.edits else None, "tts": False,
             "mention_everyone": False, "mentions": [], "mention_roles": [], "attachments": [], "embeds": [],
-            "pinned": False, "type": 0, "flags": m.flags, "components": [],
+            "pinned": False, "type": 0, "flags": m.flags, "components": m.components,
         }
+        if m.poll is not None:
+            data["poll"] = m.poll
         guild = self.channel_guild.get(m.channel_id)
         if guild:
             data["guild_id"] = str(guild)
@@ -351,6 +363,9 @@ class FakeDiscordAPI:
         body = request[JSON] or {}
         channel = int(request.match_info["channel"])
         m = self._store(channel, body.get("content") or "", flags=int(body.get("flags") or 0))
+        m.components = body.get("components") or []
+        if body.get("poll"):
+            m.poll = _poll(body["poll"])
         return self._json(request, self.message_json(m))
 
     async def _get_message(self, request: web.Request) -> web.Response:
@@ -366,6 +381,8 @@ class FakeDiscordAPI:
         body = request[JSON] or {}
         if "content" in body:
             m.content = body["content"] or ""
+        if "components" in body:
+            m.components = body["components"] or []
         m.edits += 1
         self._stored(m)
         return self._json(request, self.message_json(m))
@@ -410,22 +427,69 @@ class FakeDiscordAPI:
         if kind in (4, 5):
             mid = snowflake()
             resp["interaction"]["response_message_id"] = str(mid)
-            content = (body.get("data") or {}).get("content") or ""
-            resp["resource"] = {"type": kind, "message": {**self.message_json(
-                StoredMessage(mid, 0, self.bot_user(), content, flags)), "channel_id": "0"}}
+            data = body.get("data") or {}
+            m = StoredMessage(mid, 0, self.bot_user(), data.get("content") or "", flags,
+                              components=data.get("components") or [])
+            m.history.append((time.monotonic(), m.content))
+            self.webhook.setdefault(request.match_info["token"], [None])[0] = m
+            resp["resource"] = {"type": kind, "message": {**self.message_json(m), "channel_id": "0"}}
         return _jr(resp)
 
+    def _interaction_message(self, token: str, body: dict[str, Any], m: StoredMessage | None) -> StoredMessage:
+        if m is None:
+            m = StoredMessage(snowflake(), 0, self.bot_user(), "", int(body.get("flags") or 0))
+        else:
+            m.edits += 1
+        if "content" in body:
+            m.content = body["content"] or ""
+        if "components" in body:
+            m.components = body["components"] or []
+        if body.get("poll"):
+            m.poll = _poll(body["poll"])
+        m.history.append((time.monotonic(), m.content))
+        return m
+
     async def _edit_original(self, request: web.Request) -> web.Response:
-        body = request[JSON] or {}
-        self.original_edits.append({**body, "token": request.match_info["token"]})
-        m = StoredMessage(snowflake(), 0, self.bot_user(), body.get("content") or "", int(body.get("flags") or 0))
-        return _jr(self.message_json(m))
+        body: dict[str, Any] = dict(request[JSON] or {})  # type: ignore[call-overload]
+        token = request.match_info["token"]
+        self.original_edits.append({**body, "token": token})
+        msgs = self.webhook.setdefault(token, [None])
+        original = msgs[0] = self._interaction_message(token, body, msgs[0])
+        return _jr(self.message_json(original))
 
     async def _followup(self, request: web.Request) -> web.Response:
-        body = request[JSON] or {}
-        self.followups.append({**body, "token": request.match_info["token"]})
-        m = StoredMessage(snowflake(), 0, self.bot_user(), body.get("content") or "", int(body.get("flags") or 0))
+        body: dict[str, Any] = dict(request[JSON] or {})  # type: ignore[call-overload]
+        token = request.match_info["token"]
+        msgs = self.webhook.setdefault(token, [None])
+        if self.followup_limit is not None and len(msgs) - 1 >= self.followup_limit:
+            return _jr({"message": "Maximum number of follow-up messages reached", "code": 40094}, status=400)
+        self.followups.append({**body, "token": token})
+        m = self._interaction_message(token, body, None)
+        msgs.append(m)
         return _jr(self.message_json(m))
+
+    async def _edit_followup(self, request: web.Request) -> web.Response:
+        body: dict[str, Any] = dict(request[JSON] or {})  # type: ignore[call-overload]
+        token = request.match_info["token"]
+        mid = int(request.match_info["message"])
+        msgs = self.webhook.get(token, [])
+        for i, m in enumerate(msgs):
+            if m is not None and m.id == mid and i > 0:
+                self._interaction_message(token, body, m)
+                return _jr(self.message_json(m))
+        return _jr({"message": "Unknown Message", "code": 10008}, status=404)
+
+    def interaction_messages(self, token: str) -> list[StoredMessage]:
+        """What the interaction shows: its original response (if any) and its follow-ups."""
+        return [m for m in self.webhook.get(token, []) if m is not None]
+
+
+def _poll(create: dict[str, Any]) -> dict[str, Any]:
+    """A poll create request as Discord returns it: answers numbered from 1."""
+    return {"question": create["question"], "allow_multiselect": create.get("allow_multiselect", False),
+            "layout_type": create.get("layout_type", 1), "expiry": iso(time.time() + 3600 * create["duration"]),
+            "answers": [{"answer_id": i, "poll_media": a["poll_media"]}
+                        for i, a in enumerate(create["answers"], 1)]}
 
 
 def _jr(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
