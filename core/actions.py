@@ -174,6 +174,12 @@ class Actions:
 
         return bool(await self.store.writer.acall(fn, urgent=True))
 
+    async def release(self, action: Action, caller: Caller) -> None:
+        """Forget a claim whose action was then refused: trying again is not "already done"."""
+        key = f"{caller.workspace}|{caller.user}|{action.encode()}"
+        await self.store.writer.acall(lambda db: db.conn.execute("delete from action_claims where key = ?", [key]),
+                                      urgent=True)
+
     # --- menus ---------------------------------------------------------------------------------
     def choices(self, caller: Caller, action: Action) -> list[tuple[str, str]]:
         """``(choice, label)`` for an action's menu: only providers and personas policy allows here."""

@@ -290,6 +290,10 @@ class Store:
         return list(self._read().table("turns").rows_where("discussion_id = ?", [did], order_by="seq"))
 
     # --- conversations (follow-ups) ---------------------------------------------
+    def has_conversation(self, conversation: str) -> bool:
+        """Whether any discussion belongs to this conversation (a thread Parley answered in)."""
+        return bool(self.peek("select 1 from discussions where conversation = ? limit 1", [conversation]))
+
     def history(self, conversation: str, limit: int = 20) -> list[PastDiscussion]:
         """Earlier discussions of a conversation, oldest first, with their finished turns."""
         db = self._read()

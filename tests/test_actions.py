@@ -222,3 +222,12 @@ async def test_poll_votes_map_to_turns(svc: Services, llm: FakeLLMServer) -> Non
     await polls.vote(ALICE, "m1", 2, added=False)
     assert Actions(svc).tally(did) == []
     assert await polls.vote(ALICE, "not-ours", 1, added=True) is None
+
+
+async def test_a_released_claim_can_be_taken_again(svc: Services) -> None:
+    action = Action("vote", "d1", "t1")
+    acts = Actions(svc)
+    assert await acts.claim(action, ALICE)
+    await acts.release(action, ALICE)  # the vote was then refused
+    assert await acts.claim(action, ALICE)
+    assert not svc.store.has_conversation("nowhere")

@@ -237,7 +237,9 @@ async def test_a_channel_archived_mid_discussion_stops_writing_and_the_discussio
         rig.llm.scenarios[f"{p}-m"] = Scenario(text=text, chunk_chars=5, chunk_delay=0.01)
     before = rig.front.spawned
     await rig.slash("/compare", "providers:one,two Stream for a while")
-    await rig.slack.wait_for(lambda: len(rig.slack.thread("C1", rig.slack.parents()[-1].ts)) >= 2)
+    await rig.slack.wait_for(
+        lambda: bool(rig.slack.parents()) and len(rig.slack.thread("C1", rig.slack.parents()[-1].ts)) >= 2
+    )
     rig.slack.archived.add("C1")
     archived_at = len(rig.slack.calls)
     await asyncio.wait_for(rig.front.idle(before + 1), 20)

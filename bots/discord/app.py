@@ -423,12 +423,16 @@ class DiscordFront(Requests):
             if not await self.actions.claim(action, caller):
                 await say("✅ Already done.")
                 return
-            if action.kind in ("up", "down"):
-                answer = await self.actions.feedback(caller, action.target, 1 if action.kind == "up" else -1)
-            elif action.kind == "vote" and action.choice:
-                answer = await self.actions.vote(caller, action.target, action.choice)
-            else:
-                return
+            try:
+                if action.kind in ("up", "down"):
+                    answer = await self.actions.feedback(caller, action.target, 1 if action.kind == "up" else -1)
+                elif action.kind == "vote" and action.choice:
+                    answer = await self.actions.vote(caller, action.target, action.choice)
+                else:
+                    return
+            except (UsageError, ParleyError):
+                await self.actions.release(action, caller)  # refused: a later click is answered again
+                raise
             await say(doc_to_markdown(answer.doc))
         except (UsageError, ParleyError) as e:
             await say(shown(e.message))
@@ -529,7 +533,7 @@ class DiscordFront(Requests):
         me = self.client.user
         assert me is not None
         text = re.sub(rf"<@!?{me.id}>", " ", message.content or "").strip()  # the question keeps its lines
-        if not mentioned and (not text or not self.services.store.history(f"discord:{message.channel.id}", limit=1)):
+        if not mentioned and (not text or not self.services.store.has_conversation(f"discord:{message.channel.id}")):
             return  # not one of Parley's threads (no discussion there yet): not for us
 
         async def reply(content: str) -> None:

@@ -24,6 +24,14 @@
   :func:`bots.slack.format.escape`.
 - At start-up, messages left open by a previous process are marked interrupted
   (:mod:`bots.slack.recovery`).
+- Buttons and menus under answers and summaries (``block_actions`` whose action id is
+  a :class:`core.actions.Action`) are acknowledged at once and acted on after: feedback
+  and votes answer ephemerally; "Ask again with…" and "Compare with…" open an ephemeral
+  menu of what policy lets this person choose; the actions that start a discussion are
+  admitted by governance and run in the same thread, like a mention follow-up.
+- With ``/policy followups on`` (and the ``message.channels``/``message.groups`` events
+  of ``parley slack manifest --followups``), a reply in one of Parley's own threads is a
+  follow-up without a mention; the Messages tab (agent DMs) gets suggested prompts.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bots.slack import home, http, views
+from bots.slack import blocks, home, http, views
 from bots.slack.admins import Admins
 from bots.slack.auth import Authorizer
 from bots.slack.budgets import IdleMap, WorkspaceBudgets
@@ -52,6 +60,7 @@ from bots.slack.manifest import slash_commands
 from bots.slack.recovery import recover
 from bots.slack.sink import FRONT_END, STREAM_LIFE, SlackSink
 from core import info
+from core.actions import MENUS, Action, Actions
 from core.commands import OPTIONS, UMBRELLA, Request, parse, parse_line
 from core.errors import ParleyError, UsageError, redact
 from core.governance import Grant
@@ -72,6 +81,10 @@ ADMIN_AWARE = frozenset({"budget", "policy", "keys", "panel", "usage", "forget"}
 _OPTION_NAMES = frozenset(n for o in OPTIONS.values() for n in (o.name, *o.aliases))
 #: How long a modal submission may wait for users.info (Slack wants its answer within 3 s).
 SUBMIT_LOOKUP_SECONDS = 1.5
+#: The action ids of Parley's buttons and menus under answers and summaries (core.actions.Action).
+ACTION_IDS = re.compile(r"^parley:")
+#: How long a discussion's progress (status, task list) may take to settle once it ended or stopped.
+SETTLE_SECONDS = 3.0
 
 
 class Dedupe:
@@ -120,6 +133,7 @@ class SlackFront(Requests):
         self.team_id: str | None = None
         self.authorizer = Authorizer(client)
         self.admins = Admins(client)
+        self.actions = Actions(services)
         self.app = AsyncApp(
             # Tokenless: bolt then authorises with ``authorize`` (one auth.test per
             # workspace) instead of an auth.test per request until the first answers.
@@ -136,6 +150,7 @@ class SlackFront(Requests):
         self.app.event("app_home_opened")(self.on_home_opened)
         for action_id in (views.OPEN_BUDGET, views.OPEN_POLICY, views.OPEN_KEY):
             self.app.action(action_id)(self.on_home_button)
+        self.app.action(ACTION_IDS)(self.on_action)
         for callback_id in (views.KEYS_SET, views.BUDGET_SET, views.POLICY_ADD):
             self.app.view_submission(callback_id)(self.on_submit)
 
@@ -323,12 +338,32 @@ class SlackFront(Requests):
         self.spawn(self._from_message(event, body.get("team_id")))
 
     async def on_message(self, body: dict[str, Any], event: dict[str, Any]) -> None:
-        # Direct messages only: in channels Parley answers when mentioned.
-        if event.get("channel_type") != "im" or event.get("subtype") or event.get("bot_id"):
+        # Direct messages; in channels Parley answers when mentioned, or (followups on) a reply
+        # in one of its own threads.
+        if event.get("subtype") or event.get("bot_id"):
             return
-        if not self.dedupe.first(body.get("event_id")):
+        kind = event.get("channel_type")
+        if kind == "im":
+            if self.dedupe.first(body.get("event_id")):
+                self.spawn(self._from_message(event, body.get("team_id")))
             return
-        self.spawn(self._from_message(event, body.get("team_id")))
+        thread_ts = event.get("thread_ts")
+        if kind not in ("channel", "group") or not thread_ts or thread_ts == event.get("ts"):
+            return  # not a reply in a thread
+        if _mentions(event.get("text") or "", self.bot_user_id):
+            return  # app_mention answers it
+        if self.dedupe.first(body.get("event_id")):
+            self.spawn(self._follow_up(event, body.get("team_id")))
+
+    async def _follow_up(self, event: dict[str, Any], team: str | None) -> None:
+        """A reply without a mention in a thread: a follow-up if the workspace turned them on and the
+        thread is one of Parley's (a discussion of it is stored); otherwise it is not for Parley."""
+        if not self.services.governance.followups(f"slack:{self.workspace(team)}"):
+            return
+        conversation = self.conversation(team, event["channel"], event["thread_ts"])
+        if not self.services.store.has_conversation(conversation):
+            return
+        await self._from_message(event, team)
 
     async def _from_message(self, event: dict[str, Any], team: str | None) -> None:
         channel, user = event["channel"], event.get("user", "")
@@ -382,11 +417,27 @@ class SlackFront(Requests):
 
     # --- App Home and modals ----------------------------------------------------------------------
     async def on_home_opened(self, body: dict[str, Any], event: dict[str, Any]) -> None:
-        if event.get("tab", "home") != "home" or not event.get("user"):
-            return  # the Messages tab
+        tab = event.get("tab", "home")
+        if tab not in ("home", "messages") or not event.get("user"):
+            return
         if not self.dedupe.first(body.get("event_id")):
             return
+        if tab == "messages":
+            if event.get("channel"):
+                self.spawn(self.suggest_prompts(body.get("team_id"), event["user"], event["channel"]))
+            return
         self.spawn(self.publish_home(body.get("team_id"), event["user"]))
+
+    async def suggest_prompts(self, team: str | None, user: str, channel: str) -> None:
+        """The Messages tab (an agent DM): up to four suggested prompts from the saved panels this
+        person may run. An agent app sets them for the DM without a ``thread_ts``: with one the call
+        silently fails (https://docs.slack.dev/reference/methods/assistant.threads.setSuggestedPrompts)."""
+        caller = self.caller(team, user, channel, private=True)
+        title, prompts = await home.suggested_prompts(self.services, caller)
+        try:
+            await self.client.assistant_threads_setSuggestedPrompts(channel_id=channel, title=title, prompts=prompts)
+        except SlackApiError as e:
+            log.warning("Slack: setSuggestedPrompts failed (%s)", slack_error(e))
 
     async def publish_home(self, team: str | None, user: str) -> None:
         """Build and publish ``user``'s Home tab (after it opens, and after a change made from it)."""
@@ -429,6 +480,89 @@ class SlackFront(Requests):
         self.spawn(self.publish_home(team, user))  # the change is committed: show it
         await ack(response_action="update", view=views.notice(form.title, doc_to_mrkdwn(answer.doc)))
 
+    # --- buttons and menus under answers and summaries -------------------------------------------
+    async def on_action(self, ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
+        """A click on a Parley button or menu: acknowledged first (Slack wants it within 3 s), acted on after."""
+        await ack()
+        picked = Action.decode(_action_value(action))
+        if picked is not None:
+            self.spawn(self._act(picked, body, respond))
+
+    async def _act(self, act: Action, body: dict[str, Any], respond: Any) -> None:
+        team = (body.get("team") or {}).get("id") or (body.get("user") or {}).get("team_id")
+        user = (body.get("user") or {}).get("id", "")
+        container = body.get("container") or {}
+        channel = (body.get("channel") or {}).get("id") or container.get("channel_id", "")
+        message = body.get("message") or {}
+        thread_ts = str(message.get("thread_ts") or container.get("thread_ts") or message.get("ts") or "")
+        # The answer is seen by the person who clicked only.
+        caller = self.caller(team, user, channel, private=True)
+        picked = act.kind in MENUS and bool(act.choice)  # a choice made in an ephemeral menu: replace it
+
+        async def say(text: str) -> None:
+            try:
+                await respond(text=text, response_type="ephemeral", replace_original=picked)
+            except Exception as e:  # the response_url expired (30 min) or Slack refused it
+                log.warning("Slack: could not answer a click (%s)", redact(str(e)))
+
+        try:
+            if act.kind in MENUS and not act.choice:
+                choices = self.actions.choices(caller, act)
+                if not choices:
+                    await say("⚠️ There is nothing else here that you may choose for this.")
+                    return
+                await respond(
+                    text=act.label,
+                    blocks=blocks.menu_blocks(act, choices),
+                    response_type="ephemeral",
+                    replace_original=False,
+                )
+                return
+            if act.kind in ("up", "down", "vote"):
+                if not await self.actions.claim(act, caller):
+                    return  # a double click or a redelivery: the first one answered
+                try:
+                    if act.kind == "vote":
+                        answer = await self.actions.vote(caller, act.target, act.choice)
+                    else:
+                        answer = await self.actions.feedback(caller, act.target, 1 if act.kind == "up" else -1)
+                except (UsageError, ParleyError):
+                    await self.actions.release(act, caller)  # refused: a later click is answered again
+                    raise
+                await say(doc_to_mrkdwn(answer.doc))
+                return
+            await self._start(act, caller, team, channel, thread_ts, say)
+        except (UsageError, ParleyError) as e:
+            await say(escape(warning(e)))
+
+    async def _start(
+        self, act: Action, caller: Caller, team: str | None, channel: str, thread_ts: str,
+        say: Callable[[str], Awaitable[None]],
+    ) -> None:
+        """An action that starts a discussion: admitted like any request, run in the thread it came from."""
+        req, conversation = self.actions.request(caller, act)
+        where = _thread_of(conversation)
+        if where is not None:
+            channel, thread_ts = where
+        if not channel or not thread_ts:
+            raise UsageError("I could not tell which thread this button belongs to; ask in the thread instead.")
+        ticket = self.admit(team, caller.user)
+        try:
+            grant = await self._admitted(req, caller, conversation=self.conversation(team, channel, thread_ts))
+            try:
+                if not await self.actions.claim(act, caller):
+                    return  # a double click or a redelivery: the first one runs
+                if act.choice:
+                    chosen = escape(act.choice.partition(":")[2])
+                    await say(f"▶️ {act.label.rstrip('…')}: {chosen}. Answering in the thread.")
+                await self._discuss(
+                    grant, team, channel, thread_ts, caller.user, on_error=lambda m: say(escape(m))
+                )
+            finally:
+                grant.release()
+        finally:
+            ticket.release()
+
     # --- the discussion, streamed into the thread ---------------------------------------------
     async def _discuss(
         self,
@@ -441,9 +575,10 @@ class SlackFront(Requests):
         on_error: Callable[[str], Awaitable[Any]],
     ) -> None:
         conversation = self.conversation(team, channel, thread_ts)
+        made: list[SlackSink] = []
 
         def make_sink(discussion_id: str) -> SlackSink:
-            return SlackSink(
+            sink = SlackSink(
                 self.client,
                 self.budgets(team),
                 channel,
@@ -453,16 +588,26 @@ class SlackFront(Requests):
                 customize=self.customize,
                 stream_life=STREAM_LIFE if self.stream_life is None else self.stream_life,
             )
+            made.append(sink)
+            return sink
 
-        await discuss_in_thread(
-            self.services,
-            grant,
-            conversation=conversation,
-            front_end=FRONT_END,
-            thread=(f"{channel}:{thread_ts}", {"channel": channel, "ts": thread_ts}),
-            make_sink=make_sink,
-            on_error=on_error,
-        )
+        try:
+            await discuss_in_thread(
+                self.services,
+                grant,
+                conversation=conversation,
+                front_end=FRONT_END,
+                thread=(f"{channel}:{thread_ts}", {"channel": channel, "ts": thread_ts}),
+                make_sink=make_sink,
+                on_error=on_error,
+            )
+        finally:
+            # However it ended (finished, failed, interrupted): no status left spinning, no stage
+            # left "in progress" in the task list.
+            for sink in made:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(SETTLE_SECONDS):
+                        await sink.settle()
 
 
 def _release(ticket: Ticket, grant: Grant) -> None:
@@ -488,6 +633,27 @@ def _key_form(name: str, text: str) -> dict[str, str] | None:
             return None  # a key was typed (or something else): core answers it
         options[key.lower()] = value
     return options
+
+
+def _action_value(action: dict[str, Any]) -> str:
+    """What a click carries: a menu's chosen option, a button's (or feedback button's) value, its id."""
+    chosen = (action.get("selected_option") or {}).get("value")
+    return str(chosen or action.get("value") or action.get("action_id") or "")
+
+
+def _thread_of(conversation: str | None) -> tuple[str, str] | None:
+    """``(channel, thread_ts)`` of a conversation id this front-end made (:meth:`SlackFront.conversation`)."""
+    parts = (conversation or "").split(":")
+    if len(parts) == 4 and parts[0] == "slack" and parts[2] and parts[3]:
+        return parts[2], parts[3]
+    return None
+
+
+def _mentions(text: str, bot_user_id: str | None) -> bool:
+    """Whether a message mentions Parley (then ``app_mention`` answers it)."""
+    if bot_user_id:
+        return f"<@{bot_user_id}>" in text
+    return re.match(r"^\s*<@[A-Z0-9]+>", text) is not None
 
 
 def _strip_mention(text: str, bot_user_id: str | None) -> str:

@@ -24,6 +24,9 @@ TIER_LIMITS: dict[str, int] = {
     "chat.startStream": 20,  # Tier 2
     "chat.appendStream": 100,  # Tier 4
     "chat.stopStream": 20,  # Tier 2
+    # "Special rate limits apply" (https://docs.slack.dev/reference/methods/assistant.threads.setStatus):
+    # Parley keeps to a Tier 3 pace, two calls per discussion and one per consensus stage.
+    "assistant.threads.setStatus": 50,
 }
 #: chat.postMessage: about one per second per channel, short bursts allowed.
 POST_PER_CHANNEL_PER_SECOND = 1.0

@@ -1,7 +1,7 @@
 """App Home and the administrative modals, over core.
 
 Every figure on the Home tab is an answer of :func:`core.info.answer` (``usage``,
-``budget``, ``policy``, ``providers``, ``panel``, ``keys``) for the person looking,
+``budget``, ``policy``, ``providers``, ``panel``, ``keys``, ``leaderboard``) for the person looking,
 rendered by :mod:`bots.slack.views`. A submitted modal becomes a
 :class:`core.commands.Request` through :func:`core.commands.build`, exactly as if
 the command had been typed, and is answered by :func:`core.info.answer`: the same
@@ -88,6 +88,7 @@ async def home_view(services: Services, caller: Caller) -> dict[str, Any]:
             ("Providers", await _providers(services, caller)),
             ("Saved panels", await _section(services, "panel", caller)),
             ("Own keys", await _section(services, "keys", caller)),
+            ("Leaderboard", await _section(services, "leaderboard", caller)),
         ]
         actions = [
             ("Edit a budget", views.OPEN_BUDGET),
@@ -98,8 +99,37 @@ async def home_view(services: Services, caller: Caller) -> dict[str, Any]:
     parts = [
         ("Your usage", await _section(services, "usage", caller)),
         ("Panels you can run", await _runnable_panels(services, caller)),
+        ("Leaderboard", await _section(services, "leaderboard", caller)),
     ]
     return views.home(parts)
+
+
+#: Suggested prompts in the Messages tab: at most four, each a title and the message it sends
+#: (https://docs.slack.dev/reference/methods/assistant.threads.setSuggestedPrompts).
+MAX_PROMPTS = 4
+PANEL_QUESTION = "What would each of you recommend here, and why?"
+#: When no saved panel may be run: what Parley can do.
+DEFAULT_PROMPTS = [
+    {"title": "What can Parley do?", "message": "help"},
+    {"title": "Which experts are on the panel?", "message": "personas"},
+    {"title": "Which providers can answer?", "message": "providers"},
+]
+
+
+async def suggested_prompts(services: Services, caller: Caller) -> tuple[str, list[dict[str, str]]]:
+    """``(title, prompts)`` for the Messages tab: the saved panels ``caller`` may run, each as a
+    ready-to-send compare (a message the DM grammar reads), or what Parley can do."""
+    try:
+        rows = (await info.answer(services, "panel", caller=caller)).rows
+    except (UsageError, ParleyError):
+        rows = []
+    mine = [r for r in rows if r.get("allowed")][:MAX_PROMPTS]
+    if not mine:
+        return "Try Parley", DEFAULT_PROMPTS[:MAX_PROMPTS]
+    return "Run a saved panel", [
+        {"title": f"Compare: the {r['name']} panel", "message": f"compare panel:{r['name']} {PANEL_QUESTION}"}
+        for r in mine
+    ]
 
 
 def key_providers(services: Services) -> list[tuple[str, str]]:

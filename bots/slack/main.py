@@ -75,13 +75,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--port", type=int, help="HTTP mode port (default: PORT or 3000)")
     p.add_argument("--request-url", help="manifest: the public https URL of /slack/events (HTTP mode)")
     p.add_argument("--socket-mode", action="store_true", help="manifest: Socket Mode (no public URL needed)")
+    p.add_argument(
+        "--followups",
+        action="store_true",
+        help="manifest: follow-ups without a mention in Parley's threads (reads channel messages; "
+        "then /policy followups on)",
+    )
     args = p.parse_args(list(argv or []))
     if args.what == "manifest":
         if not args.socket_mode and not args.request_url:
             args.socket_mode = True
         print(
             json.dumps(
-                manifest(socket_mode=args.socket_mode, request_url=args.request_url),
+                manifest(socket_mode=args.socket_mode, request_url=args.request_url, followups=args.followups),
                 indent=2,
                 ensure_ascii=False,
             )

@@ -3,7 +3,15 @@
 ``parley slack manifest`` prints it; paste it at https://api.slack.com/apps →
 Create New App → From a manifest. The slash commands come from
 :data:`core.commands.COMMANDS`, so the app Slack knows cannot drift from the code.
-Interactivity (App Home buttons and modals) goes to the same request URL as events.
+Interactivity (App Home buttons and modals, the buttons and menus under answers and
+summaries) goes to the same request URL as events.
+
+It enables exactly what the app uses: ``--followups`` adds the ``message.channels`` and
+``message.groups`` events with the ``channels:history`` and ``groups:history`` scopes,
+which let Parley read every message in the public and private channels it is in (it
+acts only on replies in its own threads, and only where ``/policy followups on``).
+New apps are agents (``agent_view``, https://docs.slack.dev/ai/developing-agents); the
+Messages tab stays on for direct messages.
 """
 
 from __future__ import annotations
@@ -24,8 +32,21 @@ BOT_SCOPES = {
     "im:read": "answer direct messages",
     "im:write": "answer direct messages",
     "users:read": "tell workspace admins and owners (users.info) from others for admin commands and App Home",
+    "assistant:write": "suggested prompts in the Messages tab (assistant.threads.setSuggestedPrompts)",
+}
+#: With follow-ups without a mention (``parley slack manifest --followups``).
+FOLLOWUP_SCOPES = {
+    "channels:history": "follow-ups without a mention in Parley's threads in public channels",
+    "groups:history": "follow-ups without a mention in Parley's threads in private channels",
 }
 BOT_EVENTS = ["app_mention", "message.im", "app_home_opened"]
+FOLLOWUP_EVENTS = ["message.channels", "message.groups"]
+#: What the agent view says about Parley (at most 300 characters: the manifest schema's limit,
+#: https://github.com/slackapi/manifest-schema).
+AGENT_DESCRIPTION = (
+    "A panel of AI experts in your threads: ask one, compare several providers and personas side by "
+    "side, or let them review each other and reach consensus."
+)
 
 
 def slash_commands() -> list[str]:
@@ -33,7 +54,15 @@ def slash_commands() -> list[str]:
     return [c.name for c in COMMANDS.values() if c.name != "help"] + [UMBRELLA]
 
 
-def manifest(*, socket_mode: bool, request_url: str | None = None) -> dict[str, Any]:
+def bot_scopes(*, followups: bool = False) -> list[str]:
+    return [*BOT_SCOPES, *(FOLLOWUP_SCOPES if followups else {})]
+
+
+def bot_events(*, followups: bool = False) -> list[str]:
+    return [*BOT_EVENTS, *(FOLLOWUP_EVENTS if followups else [])]
+
+
+def manifest(*, socket_mode: bool, request_url: str | None = None, followups: bool = False) -> dict[str, Any]:
     if not socket_mode and not request_url:
         raise ValueError("HTTP mode needs the public request URL of /slack/events")
     url = {} if socket_mode else {"url": request_url}
@@ -58,10 +87,11 @@ def manifest(*, socket_mode: bool, request_url: str | None = None) -> dict[str, 
         )
     settings: dict[str, Any] = {
         "event_subscriptions": {
-            "bot_events": BOT_EVENTS,
+            "bot_events": bot_events(followups=followups),
             **({} if socket_mode else {"request_url": request_url}),
         },
-        # App Home buttons and modals (views.open, view_submission) arrive here.
+        # App Home buttons and modals (views.open, view_submission), and the buttons and menus
+        # under answers and summaries (block_actions), arrive here.
         "interactivity": {"is_enabled": True, **({} if socket_mode else {"request_url": request_url})},
         "org_deploy_enabled": False,
         "socket_mode_enabled": socket_mode,
@@ -81,8 +111,9 @@ def manifest(*, socket_mode: bool, request_url: str | None = None) -> dict[str, 
                 "messages_tab_read_only_enabled": False,
             },
             "bot_user": {"display_name": "Parley", "always_online": True},
+            "agent_view": {"agent_description": AGENT_DESCRIPTION[:300]},
             "slash_commands": commands,
         },
-        "oauth_config": {"scopes": {"bot": list(BOT_SCOPES)}},
+        "oauth_config": {"scopes": {"bot": bot_scopes(followups=followups)}},
         "settings": settings,
     }

@@ -21,6 +21,18 @@ budgets, so a workspace gets the sum of the two rates instead of either alone
 The sink only writes to Slack: which messages are open, what they show and
 their budget claims are kept by the renderer's :class:`core.ledger.Ledger`. It
 keeps its own count of live streams (each needs a ``stopStream``).
+
+Around the answers (:mod:`bots.slack.blocks`):
+
+- a finished answer carries its actions (``Frame.actions``): a stream gets them as
+  ``blocks`` on ``chat.stopStream``, a posted message as its blocks (the text as a
+  ``markdown`` block, then the actions);
+- while a discussion runs, ``assistant.threads.setStatus`` shows a status with one
+  rotating loading message per panelist, renewed at each stage and cleared at the end
+  (:meth:`SlackSink.settle` clears it however the discussion ends). A status is
+  decoration: it never waits long for budget and its failures are only logged;
+- a consensus gets a task list of its stages (a ``plan`` block) edited in place as
+  each stage starts and when it ends; the summary carries the summary's actions.
 """
 
 from __future__ import annotations
@@ -35,11 +47,13 @@ from typing import Any, Literal
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bots.slack import blocks
 from bots.slack.budgets import WorkspaceBudgets
 from bots.slack.errors import PERMANENT_ERRORS, retry_after, slack_error
 from bots.slack.format import doc_to_mrkdwn, escape, header, to_mrkdwn
+from core.actions import under_summary
 from core.budget import TokenBucket
-from core.events import DiscussionFinished, StageStarted, TurnInfo
+from core.events import DiscussionFinished, DiscussionStarted, StageStarted, TurnInfo
 from core.present import line, strong, summary_doc
 from core.sink import Frame, MessageClosed, Notice, RateLimited, Sink, Undeliverable
 
@@ -52,6 +66,10 @@ MESSAGE_LIMIT = 3_800
 STREAM_LIFE = 270.0
 #: startStream errors meaning this workspace cannot stream at all.
 NO_STREAMS = ("missing_scope", "unknown_method", "not_allowed", "method_deprecated")
+#: The status line while a discussion runs; Slack shows it after the app's name and rotates
+#: the loading messages, at most 10 (https://docs.slack.dev/reference/methods/assistant.threads.setStatus).
+STATUS = "is thinking…"
+MAX_LOADING = 10
 
 
 @dataclass
@@ -98,6 +116,12 @@ class SlackSink(Sink):
         self.edit_budget = budgets["chat.update"]
         self._route: dict[tuple[str, int], str] = {}
         self._stops: set[asyncio.Task[None]] = set()
+        # progress: the status line, and a consensus's task list
+        self.status_on = False
+        self._loading: list[str] = []
+        self.stages: list[str] = []
+        self.states: list[str] = []
+        self.tasks_ts: str | None = None
 
     # --- routing: which budget the next operation on a message draws from ---------------------
     def budget(self, ref: SlackRef | None, frame: Frame) -> TokenBucket:
@@ -190,6 +214,7 @@ class SlackSink(Sink):
             text=text,
             unfurl_links=False,
             unfurl_media=False,
+            **self._message_blocks(frame),
             **ident,
         )
         return SlackRef(self.channel, str(resp["ts"]), "message", shown=text)
@@ -229,31 +254,121 @@ class SlackSink(Sink):
                 raise
             ref.shown = new
         if final:
+            below = blocks.action_blocks(frame.actions) if frame.actions else None
             if delta:
-                task = asyncio.create_task(self._stop_when_budget_allows(ref))
+                task = asyncio.create_task(self._stop_when_budget_allows(ref, below))
                 self._stops.add(task)
                 task.add_done_callback(self._stops.discard)
             else:
-                await self._stop(ref)
+                await self._stop(ref, below)
 
     def shows(self, event: Notice) -> bool:
-        """Stage titles and the summary get a message; the parent already heads the thread."""
-        return isinstance(event, (StageStarted, DiscussionFinished))
+        """The start (status, a consensus's task list), stage titles and the summary."""
+        return isinstance(event, (DiscussionStarted, StageStarted, DiscussionFinished))
 
     async def notice(self, event: Notice) -> None:
+        if isinstance(event, DiscussionStarted):
+            # The parent message (or the mention) already heads the thread.
+            self._loading = [f"{escape(p)} is writing…" for p in event.panel][:MAX_LOADING]
+            if event.stages and self.tasks_ts is None:
+                self.stages = list(event.stages)
+                self.states = ["pending"] * len(self.stages)
+                text, plan = blocks.task_list(self.stages, self.states)
+                resp = await self._call(
+                    "chat.postMessage", self.client.chat_postMessage,
+                    channel=self.channel, thread_ts=self.thread_ts, text=text, blocks=plan,
+                )
+                self.tasks_ts = str(resp["ts"])
+            await self.set_status(STATUS)
+            return
         if isinstance(event, StageStarted):
-            text = doc_to_mrkdwn([line(strong(event.title))])
-        elif isinstance(event, DiscussionFinished):
-            text = doc_to_mrkdwn(summary_doc(event))
-        else:
-            return  # the parent message (or the mention) already heads the thread
-        await self._call(
-            "chat.postMessage",
-            self.client.chat_postMessage,
-            channel=self.channel,
-            thread_ts=self.thread_ts,
-            text=text,
-        )
+            await self._call(
+                "chat.postMessage",
+                self.client.chat_postMessage,
+                channel=self.channel,
+                thread_ts=self.thread_ts,
+                text=doc_to_mrkdwn([line(strong(event.title))]),
+            )
+            if self.stages:
+                await self._stage_started(event.title)
+            await self.set_status(STATUS)  # the stage's first reply cleared it
+            return
+        try:
+            mrkdwn = doc_to_mrkdwn(summary_doc(event))
+            actions = under_summary(event)
+            labels = {t.turn_id: t.label for t in event.turns}
+            await self._call(
+                "chat.postMessage",
+                self.client.chat_postMessage,
+                channel=self.channel,
+                thread_ts=self.thread_ts,
+                text=mrkdwn,
+                **({"blocks": blocks.summary_blocks(mrkdwn, actions, labels)} if actions else {}),
+            )
+        finally:
+            await self.settle(failed=event.status == "failed")
+
+    async def settle(self, *, failed: bool = True) -> None:
+        """The discussion ended, however it ended: clear the status and complete the task list
+        (the stage that was running is marked failed unless the discussion finished). Never raises."""
+        if self.stages and ("pending" in self.states or "in_progress" in self.states):
+            end = "error" if failed else "complete"
+            self.states = [end if s == "in_progress" or (s == "pending" and not failed) else s
+                           for s in self.states]
+            await self._show_tasks()
+        if self.status_on:
+            await self.set_status("")
+
+    async def set_status(self, status: str) -> None:
+        """Set (or with ``""`` clear) the thread's status; a failure is logged, never raised. A status
+        waits for its budget only to be cleared: a new one is skipped when the budget is spent."""
+        bucket = self.budgets["assistant.threads.setStatus"]
+        if status and not bucket.available():
+            return
+        try:
+            async with asyncio.timeout(10.0):
+                await bucket.acquire(0.0)
+                await self._call(
+                    "assistant.threads.setStatus",
+                    self.client.assistant_threads_setStatus,
+                    channel_id=self.channel,
+                    thread_ts=self.thread_ts,
+                    status=status,
+                    loading_messages=self._loading if status and self._loading else None,
+                )
+            self.status_on = bool(status)
+        except RateLimited as rl:
+            bucket.pause(rl.retry_after)
+            log.info("Slack: setStatus rate limited; status left as it was")
+        except Exception as e:  # a status is decoration: the discussion goes on without it
+            log.warning("Slack: setStatus failed (%s)", slack_error(e) if isinstance(e, SlackApiError) else e)
+
+    async def _stage_started(self, title: str) -> None:
+        try:
+            i = self.stages.index(title)
+        except ValueError:
+            i = self.states.index("pending") if "pending" in self.states else len(self.states) - 1
+        self.states = ["complete" if j < i else "in_progress" if j == i else s for j, s in enumerate(self.states)]
+        await self._show_tasks()
+
+    async def _show_tasks(self) -> None:
+        """Edit the task list in place (chat.update budget); a failure is logged, never raised."""
+        if self.tasks_ts is None:
+            return
+        text, plan = blocks.task_list(self.stages, self.states)
+        try:
+            async with asyncio.timeout(10.0):
+                await self.edit_budget.acquire(0.5)
+                await self._call(
+                    "chat.update", self.client.chat_update, channel=self.channel, ts=self.tasks_ts, text=text,
+                    blocks=plan,
+                )
+        except RateLimited as rl:
+            self.edit_budget.pause(rl.retry_after)
+            log.info("Slack: the task list update was rate limited; it catches up at the next stage")
+        except Exception as e:
+            log.warning("Slack: updating the task list failed (%s)",
+                        slack_error(e) if isinstance(e, SlackApiError) else e)
 
     def abandon(self, ref: SlackRef) -> None:
         """The renderer gave up on this message (the channel refuses writes)."""
@@ -288,7 +403,8 @@ class SlackSink(Sink):
         text = self._mrkdwn(frame)
         try:
             await self._call(
-                "chat.update", self.client.chat_update, channel=ref.channel, ts=ref.ts, text=text
+                "chat.update", self.client.chat_update, channel=ref.channel, ts=ref.ts, text=text,
+                **self._message_blocks(frame),
             )
         except SlackApiError as e:
             if slack_error(e) in ("message_not_found", "cant_update_message"):
@@ -296,24 +412,32 @@ class SlackSink(Sink):
             raise
         ref.shown = text
 
-    async def _end_stream(self, ref: SlackRef) -> None:
+    def _message_blocks(self, frame: Frame) -> dict[str, Any]:
+        """A final posted answer's blocks (its text, then its actions); none before."""
+        if not frame.actions or frame.state == "streaming":
+            return {}
+        return {"blocks": blocks.answer_blocks(self._markdown(frame), frame.actions)}
+
+    async def _end_stream(self, ref: SlackRef, below: list[dict[str, Any]] | None = None) -> None:
         try:
-            await self._call("chat.stopStream", self.client.chat_stopStream, channel=ref.channel, ts=ref.ts)
+            await self._call(
+                "chat.stopStream", self.client.chat_stopStream, channel=ref.channel, ts=ref.ts, blocks=below
+            )
         except SlackApiError as e:
             if slack_error(e) != "message_not_in_streaming_state":
                 raise
 
-    async def _stop(self, ref: SlackRef) -> None:
-        """End a stream and the message with it."""
-        await self._end_stream(ref)
+    async def _stop(self, ref: SlackRef, below: list[dict[str, Any]] | None = None) -> None:
+        """End a stream and the message with it (``below``: blocks shown under its text)."""
+        await self._end_stream(ref, below)
         self._closed(ref)
 
-    async def _stop_when_budget_allows(self, ref: SlackRef) -> None:
+    async def _stop_when_budget_allows(self, ref: SlackRef, below: list[dict[str, Any]] | None = None) -> None:
         bucket = self.budgets["chat.stopStream"]
         for attempt in range(6):
             await bucket.acquire(0.0)
             try:
-                await self._stop(ref)
+                await self._stop(ref, below)
                 return
             except RateLimited as rl:
                 bucket.pause(rl.retry_after)

@@ -14,6 +14,11 @@ method per workspace; ``post_per_channel`` for ``chat.postMessage``).
 owners); ``views.publish`` keeps each person's App Home in ``homes`` and
 ``views.open`` each modal in ``modals``, both refusing what Slack refuses (over 100
 blocks, a section over 3,000 characters, a modal without a ``trigger_id``).
+
+Messages keep their ``blocks``; every message, update, stream stop, response_url post
+and App Home is checked against Block Kit's published limits by :func:`block_errors`
+and refused with ``invalid_blocks`` as Slack does. ``assistant.threads.setStatus`` and
+``setSuggestedPrompts`` are recorded in ``statuses`` and ``suggested``.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class Message:
     streaming: bool = False
     expired: bool = False
     history: list[tuple[float, str]] = field(default_factory=list)
+    blocks: list[dict[str, Any]] = field(default_factory=list)
 
     def show(self, text: str) -> None:
         self.text = text
@@ -99,6 +105,10 @@ class FakeSlackAPI:
         self.owners: set[str] = set()
         self.homes: dict[str, dict[str, Any]] = {}  # user id -> the App Home view last published
         self.modals: list[dict[str, Any]] = []  # views.open arguments, in order
+        # AI-app surfaces
+        self.statuses: list[dict[str, Any]] = []  # assistant.threads.setStatus arguments, in order
+        self.suggested: list[dict[str, Any]] = []  # assistant.threads.setSuggestedPrompts arguments
+        self.invalid: list[tuple[str, list[str]]] = []  # (where, errors) of every refused Block Kit payload
 
     # --- server ---------------------------------------------------------------------------------------
     @property
@@ -269,13 +279,28 @@ class FakeSlackAPI:
             {"x-oauth-scopes": self.scopes},
         )
 
+    def _blocks(self, method: str, args: dict[str, Any], surface: str = "message") -> list[dict[str, Any]] | str:
+        """The call's blocks (JSON or a form-encoded string), or ``invalid_blocks``."""
+        blocks = args.get("blocks") or []
+        if isinstance(blocks, str):
+            blocks = json.loads(blocks)
+        errors = block_errors(blocks, surface)
+        if errors:
+            self.invalid.append((method, errors))
+            return "invalid_blocks"
+        return list(blocks)
+
     def _m_chat_postMessage(self, args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
         text = args.get("text") or args.get("markdown_text") or ""
         if len(text) > 40_000:
             return {"ok": False, "error": "msg_too_long"}, {}
+        blocks = self._blocks("chat.postMessage", args)
+        if isinstance(blocks, str):
+            return {"ok": False, "error": blocks}, {}
         ts = self._new_ts()
         m = Message(
-            str(args["channel"]), ts, args.get("thread_ts"), "", "message", username=args.get("username")
+            str(args["channel"]), ts, args.get("thread_ts"), "", "message", username=args.get("username"),
+            blocks=blocks,
         )
         m.show(text)
         self.messages[ts] = m
@@ -321,6 +346,10 @@ class FakeSlackAPI:
         if isinstance(view, str):
             view = json.loads(view)
         error = self._view_error(view, "home")
+        errors = block_errors(view.get("blocks") or [], "home") if isinstance(view, dict) else []
+        if error is None and errors:
+            self.invalid.append(("views.publish", errors))
+            error = "invalid_blocks"
         if error or not args.get("user_id"):
             return {"ok": False, "error": error or "invalid_arguments"}, {}
         self.homes[str(args["user_id"])] = view
@@ -339,6 +368,9 @@ class FakeSlackAPI:
         return {"ok": True, "view": {"id": f"VMODAL{len(self.modals)}", **view}}, {}
 
     def _m_chat_postEphemeral(self, args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        blocks = self._blocks("chat.postEphemeral", args)
+        if isinstance(blocks, str):
+            return {"ok": False, "error": blocks}, {}
         self.ephemeral.append(args)
         return {"ok": True, "message_ts": self._new_ts()}, {}
 
@@ -348,6 +380,10 @@ class FakeSlackAPI:
             return {"ok": False, "error": "message_not_found"}, {}
         if m.streaming:
             return {"ok": False, "error": "message_is_streaming"}, {}
+        blocks = self._blocks("chat.update", args)
+        if isinstance(blocks, str):
+            return {"ok": False, "error": blocks}, {}
+        m.blocks = blocks
         m.show(args.get("text") or args.get("markdown_text") or "")
         return {"ok": True, "channel": m.channel, "ts": m.ts, "text": m.text}, {}
 
@@ -401,13 +437,53 @@ class FakeSlackAPI:
         m = self._stream(args)
         if isinstance(m, dict):
             return m, {}
+        blocks = self._blocks("chat.stopStream", args)
+        if isinstance(blocks, str):
+            return {"ok": False, "error": blocks}, {}
         if args.get("markdown_text"):
             m.show(m.text + args["markdown_text"])
+        m.blocks = blocks  # shown under the streamed text
         m.streaming = False
         return {"ok": True, "channel": m.channel, "ts": m.ts, "message": {"text": m.text}}, {}
 
+    def _m_assistant_threads_setStatus(self, args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        # https://docs.slack.dev/reference/methods/assistant.threads.setStatus: channel_id, thread_ts and
+        # status are required; at most 10 loading_messages.
+        loading = args.get("loading_messages") or []
+        if isinstance(loading, str):
+            loading = json.loads(loading)
+        if not args.get("channel_id") or not args.get("thread_ts") or "status" not in args or len(loading) > 10:
+            return {"ok": False, "error": "invalid_arguments"}, {}
+        self.statuses.append({**args, "loading_messages": loading})
+        return {"ok": True}, {}
+
+    def _m_assistant_threads_setSuggestedPrompts(
+        self, args: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        # https://docs.slack.dev/reference/methods/assistant.threads.setSuggestedPrompts: assistant:write,
+        # up to four prompts, each with a title and a message.
+        if "assistant:write" not in self.scopes.split(","):
+            return {"ok": False, "error": "missing_scope", "needed": "assistant:write"}, {}
+        prompts = args.get("prompts") or []
+        if isinstance(prompts, str):
+            prompts = json.loads(prompts)
+        if (
+            not args.get("channel_id")
+            or not prompts
+            or len(prompts) > 4
+            or not all(p.get("title") and p.get("message") for p in prompts)
+        ):
+            return {"ok": False, "error": "invalid_arguments"}, {}
+        self.suggested.append({**args, "prompts": prompts})
+        return {"ok": True}, {}
+
     async def _hook(self, request: web.Request) -> web.Response:
         body = await request.json()
+        errors = block_errors(body.get("blocks") or [], "message")
+        if errors:
+            self.invalid.append(("response_url", errors))
+            self.changed.set()
+            return web.Response(status=400, text="invalid_blocks")
         self.responses.append(body)
         self.changed.set()
         return web.Response(text="ok")
@@ -466,3 +542,130 @@ def sign(secret: str, body: str, timestamp: int | None = None) -> dict[str, str]
     ts = str(int(time.time()) if timestamp is None else timestamp)
     digest = hmac.new(secret.encode(), f"v0:{ts}:{body}".encode(), hashlib.sha256).hexdigest()
     return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={digest}"}
+
+
+# --- Block Kit's published limits ---------------------------------------------------------------------
+#: https://docs.slack.dev/block-kit: 50 blocks in a message, 100 in a modal or Home tab.
+MAX_BLOCKS = {"message": 50, "home": 100, "modal": 100}
+#: https://docs.slack.dev/reference/block-kit/blocks/markdown-block: 12,000 characters across a payload's
+#: markdown blocks.
+MARKDOWN_CHARS = 12_000
+#: Block types a message may hold (https://docs.slack.dev/reference/block-kit/blocks); input is for views.
+KNOWN_BLOCKS = {
+    "section", "markdown", "header", "context", "actions", "context_actions", "divider", "plan",
+    "task_card", "rich_text", "image", "input",
+}
+
+
+def _text_of(obj: Any) -> str:
+    return str(obj.get("text", "")) if isinstance(obj, dict) else str(obj or "")
+
+
+def _element_errors(where: str, el: dict[str, Any]) -> list[str]:
+    """Limits of the elements Parley uses (https://docs.slack.dev/reference/block-kit/block-elements)."""
+    errs: list[str] = []
+    kind = el.get("type")
+    if len(str(el.get("action_id", ""))) > 255:
+        errs.append(f"{where}: action_id over 255 characters")
+    if kind == "button":
+        if not _text_of(el.get("text")) or len(_text_of(el.get("text"))) > 75:
+            errs.append(f"{where}: a button's text is 1 to 75 characters")
+        if len(str(el.get("value", ""))) > 2000:
+            errs.append(f"{where}: a button's value is at most 2,000 characters")
+    elif kind == "static_select":
+        options = el.get("options") or []
+        if not 1 <= len(options) <= 100:
+            errs.append(f"{where}: a static select has 1 to 100 options")
+        for o in options:
+            if len(_text_of(o.get("text"))) > 75 or len(str(o.get("value", ""))) > 150:
+                errs.append(f"{where}: an option's text is at most 75 characters and its value 150")
+        if len(_text_of(el.get("placeholder"))) > 150:
+            errs.append(f"{where}: a placeholder is at most 150 characters")
+    elif kind == "feedback_buttons":
+        for side in ("positive_button", "negative_button"):
+            b = el.get(side) or {}
+            if not _text_of(b.get("text")) or len(_text_of(b.get("text"))) > 75 or not b.get("value"):
+                errs.append(f"{where}: {side} needs a text of 1 to 75 characters and a value")
+            if len(str(b.get("value", ""))) > 2000:
+                errs.append(f"{where}: {side}'s value is at most 2,000 characters")
+    elif kind == "icon_button":
+        if not el.get("icon") or not _text_of(el.get("text")):
+            errs.append(f"{where}: an icon button needs an icon and a text")
+    elif kind not in ("plain_text", "mrkdwn", "image", "users_select", "multi_users_select", "plain_text_input",
+                      "radio_buttons", "conversations_select", "number_input"):
+        errs.append(f"{where}: unknown element {kind!r}")
+    return errs
+
+
+def block_errors(blocks: Any, surface: str = "message") -> list[str]:
+    """What Slack would refuse in ``blocks`` (an empty list: nothing), from the Block Kit reference."""
+    if not isinstance(blocks, list):
+        return ["blocks must be a list"]
+    errs: list[str] = []
+    if len(blocks) > MAX_BLOCKS[surface]:
+        errs.append(f"{len(blocks)} blocks: at most {MAX_BLOCKS[surface]} in a {surface}")
+    markdown = 0
+    for i, b in enumerate(blocks):
+        kind = b.get("type")
+        where = f"block {i} ({kind})"
+        if kind not in KNOWN_BLOCKS:
+            errs.append(f"{where}: unknown block type")
+            continue
+        if len(str(b.get("block_id", ""))) > 255:
+            errs.append(f"{where}: block_id over 255 characters")
+        if kind == "section":
+            # https://docs.slack.dev/reference/block-kit/blocks/section-block: text 1 to 3,000 characters.
+            text = _text_of(b.get("text"))
+            if not text and not b.get("fields"):
+                errs.append(f"{where}: a section needs a text or fields")
+            if len(text) > 3000:
+                errs.append(f"{where}: a section's text is at most 3,000 characters")
+        elif kind == "markdown":
+            markdown += len(str(b.get("text", "")))
+            if not b.get("text"):
+                errs.append(f"{where}: a markdown block needs a text")
+        elif kind == "header":
+            if len(_text_of(b.get("text"))) > 150:
+                errs.append(f"{where}: a header is at most 150 characters")
+        elif kind == "context":
+            elements = b.get("elements") or []
+            if not 1 <= len(elements) <= 10:
+                errs.append(f"{where}: a context block has 1 to 10 elements")
+            if any(len(_text_of(e)) > 3000 for e in elements):
+                errs.append(f"{where}: a context text is at most 3,000 characters")
+        elif kind == "actions":
+            # https://docs.slack.dev/reference/block-kit/blocks/actions-block: at most 25 elements.
+            elements = b.get("elements") or []
+            if not 1 <= len(elements) <= 25:
+                errs.append(f"{where}: an actions block has 1 to 25 elements")
+            ids = [e.get("action_id") for e in elements if e.get("action_id")]
+            if len(ids) != len(set(ids)):
+                errs.append(f"{where}: action_ids must be unique in a block")
+            for j, e in enumerate(elements):
+                errs += _element_errors(f"{where} element {j}", e)
+        elif kind == "context_actions":
+            # https://docs.slack.dev/reference/block-kit/blocks/context-actions-block: at most 5 elements,
+            # feedback buttons and icon buttons only.
+            elements = b.get("elements") or []
+            if not 1 <= len(elements) <= 5:
+                errs.append(f"{where}: a context_actions block has 1 to 5 elements")
+            for j, e in enumerate(elements):
+                if e.get("type") not in ("feedback_buttons", "icon_button"):
+                    errs.append(f"{where} element {j}: only feedback_buttons and icon_button")
+                errs += _element_errors(f"{where} element {j}", e)
+        elif kind == "plan":
+            # https://docs.slack.dev/reference/block-kit/blocks/plan-block: a title and task cards.
+            if not isinstance(b.get("title"), str) or not b["title"]:
+                errs.append(f"{where}: a plan needs a plain-text title")
+            tasks = b.get("tasks") or []
+            ids = [t.get("task_id") for t in tasks]
+            if len(ids) != len(set(ids)) or not all(ids):
+                errs.append(f"{where}: every task needs a unique task_id")
+            for t in tasks:
+                # https://docs.slack.dev/reference/block-kit/blocks/task-card-block
+                if not t.get("title") or t.get("status", "pending") not in ("pending", "in_progress", "complete",
+                                                                            "error"):
+                    errs.append(f"{where}: a task needs a title and a known status")
+    if markdown > MARKDOWN_CHARS:
+        errs.append(f"markdown blocks hold {markdown} characters: at most {MARKDOWN_CHARS}")
+    return errs
