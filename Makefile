@@ -31,6 +31,7 @@ run: install-local
 	$(BIN)/parley run
 
 test: install
+	bash .ci/wheel_smoke.sh $(VENV)
 	@$(BIN)/python -c "import llama_cpp" 2>/dev/null || \
 	  echo ">> llama-cpp-python is not installed: the local-model tests will be skipped (make install-local adds it)."
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc

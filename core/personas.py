@@ -1,6 +1,6 @@
 """Personas: named experts, one TOML file each.
 
-Built-ins live in ``personas/`` at the project root; a user folder
+Built-ins live in ``core/builtin_personas/`` (package data: they ship in the wheel); a user folder
 (``PARLEY_PERSONAS_DIR``) adds more or overrides a built-in by id, with no code.
 """
 
@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from core.errors import UsageError, suggest
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "personas"
+BUILTIN_DIR = Path(__file__).resolve().parent / "builtin_personas"
 
 
 class Persona(BaseModel):
@@ -81,6 +81,11 @@ class PersonaBook:
 
     def __init__(self, user_dir: Path | None = None, builtin_dir: Path = BUILTIN_DIR) -> None:
         self.personas: dict[str, Persona] = {}
+        if not builtin_dir.is_dir():
+            raise UsageError(
+                f"Parley's built-in personas are missing from this installation ({builtin_dir}). Reinstall "
+                f"Parley (pip install --force-reinstall parley, or make install from a checkout)."
+            )
         for folder in (builtin_dir, user_dir):
             if folder is None:
                 continue

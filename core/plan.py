@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from core.personas import PersonaBook
     from core.providers.registry import Registry
 
-#: The persona that writes a consensus synthesis unless ``personas/`` overrides ``moderator``.
+#: The persona that writes a consensus synthesis unless a persona file overrides ``moderator``.
 MODERATOR = Persona(
     id="moderator",
     name="Moderator",
