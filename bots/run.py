@@ -9,11 +9,11 @@ front-end's ``bots/<name>/main.py`` says whether it is ``configured()`` and
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 
 from bots.cli import load_front_end
+from core import logs
 from core.config import Settings
 from core.errors import UsageError
 from core.services import build_services
@@ -29,8 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(load_front_end("console")(argv))
     serves = {name: load_front_end(name, "serve") for name in chat}  # fail before starting any
     settings = Settings()
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_format)
 
     async def serve_all() -> None:
         async with build_services(settings) as services, asyncio.TaskGroup() as group:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, SecretStr
@@ -88,6 +89,11 @@ class Settings(EnvSettings):
     admins: str | None = Field(None, validation_alias=_env("PARLEY_ADMINS"))
     secret_key: SecretStr | None = Field(None, validation_alias=_env("PARLEY_SECRET_KEY"))
     policy_file: Path | None = Field(None, validation_alias=_env("PARLEY_POLICY"))
+
+    #: Health, readiness and metrics for a front-end without an HTTP port of its own (Discord).
+    ops_port: int | None = Field(None, validation_alias=_env("PARLEY_OPS_PORT"))
+    ops_host: str = Field("0.0.0.0", validation_alias=_env("PARLEY_OPS_HOST"))
+    log_format: Literal["text", "json"] = Field("text", validation_alias=_env("PARLEY_LOG_FORMAT"))
 
     env_file_path: Path = Field(Path(".env"), exclude=True)
 

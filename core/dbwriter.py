@@ -157,6 +157,17 @@ class Writer:
         return await asyncio.wrap_future(fut)
 
     @property
+    def pending(self) -> int:
+        """Writes queued and not yet done."""
+        with self._lock:
+            return self._pending
+
+    @property
+    def alive(self) -> bool:
+        """The thread is running, or will start with the first write (not closed, not dead)."""
+        return not self._closed and (self._thread is None or self._thread.is_alive())
+
+    @property
     def idle(self) -> bool:
         with self._lock:
             return self._pending == 0

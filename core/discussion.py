@@ -8,6 +8,7 @@ once) and ``consensus`` (:mod:`core.consensus`), all on the same turn runner
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -26,6 +27,7 @@ from core.events import (
     TurnSummary,
 )
 from core.history import History
+from core.logs import DISCUSSION
 from core.plan import Panelist, Planner, Run
 from core.providers.base import Message
 from core.turn import TurnRunner, merge
@@ -33,6 +35,7 @@ from core.turn import TurnRunner, merge
 if TYPE_CHECKING:
     from core.config import Settings
     from core.governance import Grant
+    from core.ops import Metrics
     from core.personas import PersonaBook
     from core.providers.registry import Registry
     from core.store import Store
@@ -46,6 +49,7 @@ class Engine:
         self.settings = settings
         self.planner = Planner(registry, personas, settings)
         self.turns = TurnRunner(registry, store, self.planner, History(store, self.planner))
+        self.metrics: Metrics | None = None
 
     def panel(self, request: Request) -> list[Panelist]:
         """The validated panel for ``request`` (raises UsageError with the fix)."""
@@ -88,6 +92,8 @@ class Engine:
             where=(caller.workspace, caller.channel, caller.user) if caller is not None else None,
         )
         run = Run(did, request, conversation)
+        if self.metrics is not None:
+            self.metrics.discussions.labels(request.mode).inc()
         if request.continues:
             run.prefill = self.continuation(request.continues)
         if grant is not None:
@@ -95,6 +101,7 @@ class Engine:
             run.keys = grant.keys
             run.permits = grant.permits
         stages = stage_titles(request.rounds or 1) if request.mode == "consensus" else []
+        marked = DISCUSSION.set(did)  # every log line from here on names the discussion
         yield DiscussionStarted(did, request.mode, request.prompt, [p.title for p in panel], stages)
         finished = False
         try:
@@ -125,6 +132,8 @@ class Engine:
                 )
             if grant is not None:
                 grant.settle(run.results, did)
+            with contextlib.suppress(ValueError, RuntimeError):  # closed from another context
+                DISCUSSION.reset(marked)
 
     def continuation(self, turn_id: str) -> list[Message]:
         """The question and the kept text of ``turn_id``, for a turn that continues it."""

@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.actions import Action, under_answer
 from core.budget import TokenBucket, rank
@@ -45,6 +45,9 @@ from core.events import (
 from core.ledger import Entry, Ledger
 from core.sink import Frame, MessageClosed, Notice, RateLimited, Sink, State, Undeliverable
 from core.textsplit import open_fence_at, split_point
+
+if TYPE_CHECKING:
+    from core.ops import Metrics
 
 log = logging.getLogger("parley.render")
 
@@ -81,6 +84,8 @@ class _View:
     opened: asyncio.Event = field(default_factory=asyncio.Event)
     #: What can be done under the answer once it is final (core.actions).
     actions: tuple[Action, ...] = ()
+    started: float = field(default_factory=time.monotonic)
+    seen: bool = False  # some of its text is on the platform
 
     def text(self) -> str:
         if len(self.parts) > 1:
@@ -105,6 +110,7 @@ class Renderer:
         *,
         ledger: Ledger | None = None,
         on_visible: Callable[[str, int, float], None] | None = None,
+        metrics: Metrics | None = None,
         max_op_retries: int = 5,
         give_up_after: float = 300.0,
         grace: float = 3.0,
@@ -114,6 +120,8 @@ class Renderer:
         self.ledger = ledger or Ledger(None, None, sink)
         self.views: dict[str, _View] = {}
         self.on_visible = on_visible
+        self.metrics = metrics
+        self.front_end = getattr(sink, "front_end", "") or type(sink).__name__
         self.max_op_retries = max_op_retries
         self.give_up_after = give_up_after
         self.mode = ""
@@ -227,7 +235,7 @@ class Renderer:
                 self.ops += 1
                 return
             except RateLimited as rl:
-                self.rate_limited += 1
+                self._limited()
                 self.sink.post_budget.pause(rl.retry_after)
                 await self.sink.post_budget.acquire(0.5)
             except Undeliverable as e:
@@ -244,7 +252,14 @@ class Renderer:
         if waits:
             await asyncio.gather(*waits)
 
+    def _limited(self) -> None:
+        self.rate_limited += 1
+        if self.metrics is not None:
+            self.metrics.rate_limited.labels(self.front_end).inc()
+
     async def _flusher(self, view: _View) -> None:
+        if self.metrics is not None:
+            self.metrics.open_streams.labels(self.front_end).inc()
         try:
             while True:
                 await view.dirty.wait()
@@ -263,6 +278,8 @@ class Renderer:
             log.exception("rendering turn %s failed", view.turn.turn_id)
         finally:
             view.opened.set()
+            if self.metrics is not None:
+                self.metrics.open_streams.labels(self.front_end).dec()
 
     def _frames(self, view: _View) -> None:
         """Roll the live message over while its text exceeds the limit."""
@@ -334,7 +351,7 @@ class Renderer:
                 self._give_up(view, str(e) or type(e).__name__)
                 return False
             except RateLimited as rl:
-                self.rate_limited += 1
+                self._limited()
                 bucket.pause(rl.retry_after)
             except Exception:
                 log.exception("sink %s failed (attempt %d)", "post" if creating else "edit", attempt + 1)
@@ -357,6 +374,10 @@ class Renderer:
                 self.ops += 1
                 msg.sent, msg.sent_state, msg.sent_raw = frame.text, frame.state, len(frame.raw)
                 view.failing_since = None
+                if frame.raw and not view.seen:
+                    view.seen = True
+                    if self.metrics is not None:
+                        self.metrics.freshness.labels(self.front_end).observe(time.monotonic() - view.started)
                 if self.on_visible and frame.raw:
                     self.on_visible(view.turn.turn_id, msg.start + len(frame.raw), time.monotonic())
                 return True

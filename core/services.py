@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from core.config import Settings
 from core.discussion import Engine
 from core.governance import Governance
+from core.ops import Metrics
 from core.personas import PersonaBook
 from core.providers.base import HTTPClient
 from core.providers.catalog import load_catalog
@@ -26,6 +27,7 @@ class Services:
     personas: PersonaBook
     engine: Engine
     governance: Governance
+    metrics: Metrics
 
     async def aclose(self) -> None:
         await self.governance.aclose()
@@ -48,10 +50,14 @@ def build_services(settings: Settings | None = None, *, http: HTTPClient | None 
     registry = Registry(catalog, settings, client, store)
     personas = PersonaBook(settings.personas_dir)
     engine = Engine(registry, personas, store, settings)
+    metrics = Metrics()
+    metrics.watch(store)
+    engine.turns.metrics = metrics
+    engine.metrics = metrics
     governance = Governance(store, settings, engine.planner, registry, engine.turns.history)
     if settings.policy_file is not None:
         from core.governance.policyfile import seed
 
         seed(governance, settings.policy_file, personas)
     governance.db.settle_orphans()  # reservations of processes that died mid-discussion
-    return Services(settings, catalog, store, client, registry, personas, engine, governance)
+    return Services(settings, catalog, store, client, registry, personas, engine, governance, metrics)

@@ -178,7 +178,7 @@ async def discuss_in_thread(
     ledger = Ledger(services.store, first.discussion_id, sink)
     destination, ref = thread
     thread_entry = ledger.thread(destination, ref)
-    renderer = Renderer(sink, ledger=ledger)
+    renderer = Renderer(sink, ledger=ledger, metrics=services.metrics)
     if on_renderer is not None:
         on_renderer(renderer)
     try:

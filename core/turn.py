@@ -46,6 +46,7 @@ from core.usage import turn_usage
 
 if TYPE_CHECKING:
     from core.config import Settings
+    from core.ops import Metrics
     from core.providers.registry import Registry
     from core.providers.spec import ProviderSpec
     from core.store import Store
@@ -142,6 +143,8 @@ class TurnRunner:
         self.store = store
         self.planner = planner
         self.history = history
+        #: Counts turns, tokens and cost when set (core.ops.Metrics).
+        self.metrics: Metrics | None = None
         self.settings = settings = planner.settings
         self.retry = RetryPolicy(attempts=settings.retry_attempts, base_delay=settings.retry_base_delay)
 
@@ -265,6 +268,8 @@ class TurnRunner:
         else:
             result = TurnFailed(info, failure, text, tu, got.ttft, latency)
         run.results.append(result)
+        if self.metrics is not None:
+            self.metrics.turn(result)
         return result
 
     async def stage(

@@ -864,6 +864,10 @@ async def test_http_mode_listens_on_the_configured_host(rig: Rig, monkeypatch: p
         assert host == "127.0.0.1"
         async with rig.http.get(f"http://127.0.0.1:{port}/healthz") as r:
             assert r.status == 200
+        async with rig.http.get(f"http://127.0.0.1:{port}/readyz") as r:  # operations on the same port
+            assert r.status == 200 and (await r.json())["ready"] is True
+        async with rig.http.get(f"http://127.0.0.1:{port}/metrics") as r:
+            assert r.status == 200 and "parley_queued_writes" in await r.text()
     finally:
         server.cancel()
         await asyncio.gather(server, return_exceptions=True)

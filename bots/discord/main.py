@@ -23,6 +23,7 @@ from bots.discord.config import (
     make_client,
     parse_shards,
 )
+from core import logs, ops
 from core.commands import COMMANDS
 from core.config import Settings
 from core.errors import UsageError
@@ -44,11 +45,13 @@ async def serve(services: Services, settings: DiscordSettings | None = None) -> 
     configure_api(settings)
     client = make_client(settings)
     front = DiscordFront(services, client)
+    core_settings = services.settings
     try:
-        await front.login(token)
-        await front.start(guild_id=settings.guild_id)
-        log.info("Discord: logged in as %s; connecting to the gateway", client.user)
-        await client.connect(reconnect=True)
+        async with ops.serving(services, core_settings.ops_port, core_settings.ops_host, lambda: len(front.tasks)):
+            await front.login(token)
+            await front.start(guild_id=settings.guild_id)
+            log.info("Discord: logged in as %s; connecting to the gateway", client.user)
+            await client.connect(reconnect=True)
     finally:
         await front.shutdown()
         await client.close()
@@ -102,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
 
             return asyncio.run(_with_login(settings, sync))
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logs.configure(Settings().log_format)
 
         async def go() -> None:
             from core.services import build_services

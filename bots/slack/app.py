@@ -59,7 +59,7 @@ from bots.slack.home import warning
 from bots.slack.manifest import slash_commands
 from bots.slack.recovery import recover
 from bots.slack.sink import FRONT_END, STREAM_LIFE, SlackSink
-from core import info
+from core import info, ops
 from core.actions import MENUS, Action, Actions
 from core.commands import OPTIONS, UMBRELLA, Request, parse, parse_line
 from core.errors import ParleyError, UsageError, redact
@@ -175,7 +175,8 @@ class SlackFront(Requests):
         await recover(self.client, self.services.store)
 
     def web_app(self) -> web.Application:
-        return http.web_app(self.app, self.signing_secret, lambda: len(self.tasks))
+        return http.web_app(self.app, self.signing_secret, lambda: len(self.tasks),
+                            ops.routes(self.services, lambda: len(self.tasks)))
 
     def workspace(self, team: str | None) -> str:
         return team or self.team_id or "-"

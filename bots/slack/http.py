@@ -33,9 +33,12 @@ log = logging.getLogger("parley.slack")
 MAX_REQUEST_BYTES = 512 * 1024
 
 
-def web_app(app: AsyncApp, signing_secret: str | None, running: Callable[[], int]) -> web.Application:
-    """The aiohttp application serving ``app``. Without a signing secret every
-    request is refused (HTTP mode is only served with one)."""
+def web_app(
+    app: AsyncApp, signing_secret: str | None, running: Callable[[], int], ops: list[web.RouteDef] | None = None
+) -> web.Application:
+    """The aiohttp application serving ``app``, and ``ops`` (health, readiness, metrics:
+    :func:`core.ops.routes`). Without a signing secret every event is refused (HTTP mode
+    is only served with one)."""
     verifier = SignatureVerifier(signing_secret) if signing_secret else None
 
     async def events(request: web.Request) -> web.Response:
@@ -60,7 +63,8 @@ def web_app(app: AsyncApp, signing_secret: str | None, running: Callable[[], int
         return web.json_response({"ok": True, "running": running()})
 
     web_app = web.Application(client_max_size=MAX_REQUEST_BYTES)
-    web_app.add_routes([web.post(EVENTS_PATH, events), web.get("/healthz", healthz)])
+    web_app.add_routes([web.post(EVENTS_PATH, events)])
+    web_app.add_routes(ops if ops is not None else [web.get("/healthz", healthz)])
     return web_app
 
 

@@ -19,6 +19,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bots.slack.app import SlackFront
 from bots.slack.config import SlackSettings, api_url, check_tokens
 from bots.slack.manifest import EVENTS_PATH, manifest
+from core import logs
 from core.config import Settings
 from core.errors import UsageError
 from core.services import Services
@@ -96,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     slack = SlackSettings()
     check_tokens(slack, http=True)
     settings = Settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_format)
 
     async def go() -> None:
         from core.services import build_services
