@@ -153,21 +153,34 @@ class Actions:
             self.governance.check_command(Request(discussion["command"]), caller)
 
     # --- claims ------------------------------------------------------------------------------
+    @staticmethod
+    def _slot(action: Action, caller: Caller) -> tuple[str, str]:
+        """(claim key, choice): 👍/👎 on an answer share one slot, so do the votes on a compare;
+        choosing again the same thing within CLAIM_SECONDS is a double click, choosing another is
+        a change."""
+        who = f"{caller.workspace}|{caller.user}"
+        if action.kind in ("up", "down"):
+            return f"{who}|feedback:{action.target}", action.kind
+        if action.kind == "vote":
+            return f"{who}|vote:{action.target}", action.choice
+        return f"{who}|{action.encode()}", ""
+
     async def claim(self, action: Action, caller: Caller) -> bool:
-        """True the first time ``caller`` clicks this within CLAIM_SECONDS (across replicas).
-        Claim after the checks that may refuse (admission), just before acting: a refused click
-        tried again is not "already done"."""
-        key = f"{caller.workspace}|{caller.user}|{action.encode()}"
+        """True unless ``caller`` made this same choice within CLAIM_SECONDS (a double click, a
+        redelivery, another replica). Claim after the checks that may refuse (admission), just
+        before acting: a refused click tried again is not "already done"."""
+        key, choice = self._slot(action, caller)
         now = time.time()
 
         def fn(db: Any) -> bool:
             db.conn.execute("BEGIN IMMEDIATE")
-            row = db.conn.execute("select at from action_claims where key = ?", [key]).fetchone()
-            if row is not None and now - row[0] < CLAIM_SECONDS:
+            row = db.conn.execute("select at, choice from action_claims where key = ?", [key]).fetchone()
+            if row is not None and now - row[0] < CLAIM_SECONDS and (row[1] or "") == choice:
                 return False
             db.conn.execute(
-                "insert into action_claims (key, at) values (?, ?) on conflict(key) do update set at = excluded.at",
-                [key, now],
+                "insert into action_claims (key, choice, at) values (?, ?, ?) on conflict(key) do update set "
+                "choice = excluded.choice, at = excluded.at",
+                [key, choice, now],
             )
             db.conn.execute("delete from action_claims where at < ?", [now - 24 * 3600])
             return True
@@ -176,9 +189,10 @@ class Actions:
 
     async def release(self, action: Action, caller: Caller) -> None:
         """Forget a claim whose action was then refused: trying again is not "already done"."""
-        key = f"{caller.workspace}|{caller.user}|{action.encode()}"
-        await self.store.writer.acall(lambda db: db.conn.execute("delete from action_claims where key = ?", [key]),
-                                      urgent=True)
+        key, choice = self._slot(action, caller)
+        await self.store.writer.acall(
+            lambda db: db.conn.execute("delete from action_claims where key = ? and coalesce(choice, '') = ?",
+                                       [key, choice]), urgent=True)
 
     # --- menus ---------------------------------------------------------------------------------
     def choices(self, caller: Caller, action: Action) -> list[tuple[str, str]]:

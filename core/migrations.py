@@ -233,7 +233,7 @@ def m008_thread_actions(db: sqlite_utils.Database) -> None:
     db.table("votes").create_index(["workspace"])
     # A click acted on: a second click of the same button by the same person within
     # seconds (a double click, a redelivery, another replica) does nothing.
-    db.table("action_claims").create({"key": str, "at": float}, pk="key")
+    db.table("action_claims").create({"key": str, "choice": str, "at": float}, pk="key")
     # A Discord poll for the best answer: which answer id is which turn.
     db.table("polls").create({"message_id": str, "discussion_id": str, "answers": str, "at": str}, pk="message_id")
     # Follow-ups without a mention in Parley's own threads: off unless an admin turns it on.

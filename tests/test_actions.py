@@ -231,3 +231,15 @@ async def test_a_released_claim_can_be_taken_again(svc: Services) -> None:
     await acts.release(action, ALICE)  # the vote was then refused
     assert await acts.claim(action, ALICE)
     assert not svc.store.has_conversation("nowhere")
+
+
+async def test_changing_a_vote_or_a_thumb_back_is_a_change_not_a_double_click(svc: Services) -> None:
+    acts = Actions(svc)
+    assert await acts.claim(Action("up", "t1"), ALICE)
+    assert await acts.claim(Action("down", "t1"), ALICE)  # changed her mind
+    assert await acts.claim(Action("up", "t1"), ALICE)  # and back
+    assert not await acts.claim(Action("up", "t1"), ALICE)  # the same again at once: a double click
+    assert await acts.claim(Action("vote", "d1", "a"), ALICE)
+    assert await acts.claim(Action("vote", "d1", "b"), ALICE)
+    assert await acts.claim(Action("vote", "d1", "a"), ALICE)
+    assert not await acts.claim(Action("vote", "d1", "a"), ALICE)

@@ -20,7 +20,7 @@ from bots.discord.components import validate, validate_poll
 from bots.discord.config import DiscordSettings, configure_api, intents, make_client
 from bots.discord.format import CONTENT_LIMIT
 from bots.discord.ratelimit import ChannelBudgets
-from core.actions import Action
+from core.actions import Action, Actions
 from core.config import Settings
 from core.services import build_services
 from tests.fakes import vendor_errors as ve
@@ -34,6 +34,33 @@ from tests.test_discord_governance import ENV_KEY, GovRig
 
 class ActRig(GovRig):
     token: str
+    #: A server the bot is not a member of, and a channel there: where Parley installed to the person
+    #: (a user install) can answer only through the interaction.
+    away_guild: int
+    away_channel: dict[str, Any]
+
+    def interaction_json(self, token: str, *, by: int, away: bool) -> dict[str, Any]:
+        """What every INTERACTION_CREATE here carries: in the rig's server, or (``away``) a user install elsewhere."""
+        if away:
+            where = {"guild_id": str(self.away_guild), "channel_id": self.away_channel["id"],
+                     "channel": self.away_channel, "authorizing_integration_owners": {"1": str(by)},
+                     "app_permissions": str(discord.Permissions(send_messages=True).value)}
+        else:
+            where = {"guild_id": str(self.guild_id), "authorizing_integration_owners": {"0": str(self.guild_id)},
+                     "app_permissions": ALL_PERMISSIONS, "guild_locale": "en-US"}
+        return {"id": str(snowflake()), "application_id": str(self.api.app_id), "member": self.member_json(by),
+                "token": token, "version": 1, "locale": "en-US", "entitlements": [], "context": 0,
+                "attachment_size_limit": 8388608, **where}
+
+    def installed(self, name: str, options: dict[str, Any]) -> str:
+        """``/name options`` in the server the bot is not in (a user install); returns the token."""
+        token = "aW50ZXJhY3Rpb24" + secrets.token_urlsafe(24)
+        self.parsers["INTERACTION_CREATE"]({
+            **self.interaction_json(token, by=self.user_id, away=True), "type": 2,
+            "data": {"id": str(snowflake()), "name": name, "type": 1,
+                     "options": [{"name": k, "type": 3, "value": v} for k, v in options.items()]},
+        })
+        return token
 
     def buttons(self, m: StoredMessage) -> dict[str, str]:
         """label (or emoji) → custom_id of a message's buttons, after checking Discord's limits."""
@@ -49,23 +76,22 @@ class ActRig(GovRig):
         return thread_id
 
     def click(self, custom_id: str, *, by: int | None = None, values: list[str] | None = None,
-              message: StoredMessage | None = None, channel_id: int | None = None) -> str:
-        """An INTERACTION_CREATE of type 3: a button (or, with ``values``, a select) clicked."""
+              message: StoredMessage | None = None, channel_id: int | None = None, away: bool = False) -> str:
+        """An INTERACTION_CREATE of type 3: a button (or, with ``values``, a select) clicked; ``away``:
+        on a message of a user-install discussion, in the server the bot is not in."""
         token = "aW50ZXJhY3Rpb24" + secrets.token_urlsafe(24)
-        channel_id = channel_id or self.thread()
-        ch = self.api.channel_json(channel_id)
+        channel_id = int(self.away_channel["id"]) if away else channel_id or self.thread()
         msg = message or StoredMessage(snowflake(), channel_id, self.api.bot_user(), "", 0)
+        # Until a response makes a message of its own, the interaction's original is the message
+        # its component is on (an update, type 7, edits that one).
+        self.api.webhook[token] = [msg]
         data: dict[str, Any] = {"custom_id": custom_id, "component_type": 3 if values else 2}
         if values:
             data["values"] = values
+        where = {} if away else {"channel_id": str(channel_id), "channel": self.api.channel_json(channel_id)}
         self.parsers["INTERACTION_CREATE"]({
-            "id": str(snowflake()), "application_id": str(self.api.app_id), "type": 3, "data": data,
-            "guild_id": str(self.guild_id), "channel_id": str(channel_id), "channel": ch,
-            "member": self.member_json(by or self.user_id), "token": token, "version": 1,
+            **self.interaction_json(token, by=by or self.user_id, away=away), **where, "type": 3, "data": data,
             "message": {**self.api.message_json(msg), "channel_id": str(channel_id)},
-            "app_permissions": ALL_PERMISSIONS, "locale": "en-US", "guild_locale": "en-US", "entitlements": [],
-            "authorizing_integration_owners": {"0": str(self.guild_id)}, "context": 0,
-            "attachment_size_limit": 8388608,
         })
         return token
 
@@ -141,6 +167,9 @@ async def act(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
         api.add_channel(channel, guild)
         rig = ActRig(services, llm, api, client, front, guild, channel, snowflake())
         rig.token = token
+        rig.away_guild = snowflake()
+        rig.away_channel = {"id": str(snowflake()), "type": 0, "guild_id": str(rig.away_guild), "name": "general",
+                            "position": 0, "permission_overwrites": [], "nsfw": False, "parent_id": None, "flags": 0}
         rig.admin_id, rig.role_admin_id, rig.admin_role, rig.owner_id = (snowflake() for _ in range(4))
         try:
             await front.login(token)
@@ -374,25 +403,7 @@ async def test_follow_ups_without_a_mention_need_the_intent_and_the_setting(
 async def test_a_user_install_discussion_fits_in_five_follow_ups(act: ActRig) -> None:
     act.api.followup_limit = 5  # Discord's, for a user-installed app
     act.llm.default = Scenario(text="Short answer. RANKING: A > B > C\nREVISED ANSWER: revised")
-    elsewhere = snowflake()  # a server the bot is not in
-    token = "aW50ZXJhY3Rpb24" + secrets.token_urlsafe(24)
-    ch = {"id": str(snowflake()), "type": 0, "guild_id": str(elsewhere), "name": "general", "position": 0,
-          "permission_overwrites": [], "nsfw": False, "parent_id": None, "flags": 0}
-
-    def go() -> None:
-        act.parsers["INTERACTION_CREATE"]({
-            "id": str(snowflake()), "application_id": str(act.api.app_id), "type": 2,
-            "data": {"id": str(snowflake()), "name": "consensus", "type": 1, "options": [
-                {"name": "prompt", "type": 3, "value": "Ship it?"},
-                {"name": "providers", "type": 3, "value": "one,two,three"}]},
-            "guild_id": str(elsewhere), "channel_id": ch["id"], "channel": ch,
-            "member": act.member_json(act.user_id), "token": token, "version": 1,
-            "app_permissions": str(discord.Permissions(send_messages=True).value), "locale": "en-US",
-            "entitlements": [], "authorizing_integration_owners": {"1": str(act.user_id)}, "context": 0,
-            "attachment_size_limit": 8388608,
-        })
-
-    await act.run(go)
+    token = await fire(act, lambda: act.installed("consensus", {"prompt": "Ship it?", "providers": "one,two,three"}))
     first = next(r for r in act.api.interaction_responses if r["token"] == token)
     assert first["type"] == 5 and not int((first.get("data") or {}).get("flags") or 0) & 64  # public, like a thread
     assert not act.api.calls_to("POST", "/channels/")  # nothing posted in a channel it cannot write in
@@ -407,6 +418,133 @@ async def test_a_user_install_discussion_fits_in_five_follow_ups(act: ActRig) ->
     assert all(len(m.content) <= CONTENT_LIMIT for m in shown)
     for m in shown:
         validate(m.components)
+
+
+async def installed_compare(act: ActRig) -> list[StoredMessage]:
+    """A /compare of one and two in the server the bot is not in; what it shows."""
+    act.api.followup_limit = 5
+    act.llm.scenarios["one-m"] = Scenario(text="One says Tuesday.")
+    act.llm.scenarios["two-m"] = Scenario(text="Two says Thursday.")
+    act.llm.scenarios["three-m"] = Scenario(text="Three says Friday.")
+    token = await fire(act, lambda: act.installed("compare", {"prompt": "When do we launch?", "providers": "one,two"}))
+    shown = act.api.interaction_messages(token)
+    assert len(shown) == 4 and "**Total**" in shown[-1].content  # the head, two answers, the summary
+    return shown
+
+
+def through(act: ActRig, token: str, clicked: StoredMessage) -> list[StoredMessage]:
+    """What a discussion started by a click shows through that click's interaction (other than
+    the clicked message), after checking that it stayed there: public, nothing posted in a channel, within a user
+    install's 5 follow-ups."""
+    assert not act.api.calls_to("POST", "/channels/")
+    shown = [m for m in act.api.interaction_messages(token) if m is not clicked]
+    assert shown and shown[0].content.startswith(f"<@{act.user_id}> asked")  # the head, in the original
+    assert not any(m.flags & 64 for m in shown)  # everyone who saw the question sees the answers
+    assert len([f for f in act.api.followups if f["token"] == token]) <= 5
+    for m in shown:
+        validate(m.components)
+    return shown
+
+
+async def test_a_user_install_answers_buttons_act_through_the_click(act: ActRig) -> None:
+    shown = await installed_compare(act)
+    one = next(m for m in shown if "One says Tuesday." in m.content)
+    buttons = act.buttons(one)
+    # 👍 is recorded, and said privately
+    up = await fire(act, lambda: act.click(buttons["👍"], message=one, away=True))
+    assert "👍" in act.told(up)
+    turn_id = Action.decode(buttons["👍"]).target  # type: ignore[union-attr]
+    rows = act.services.store.peek("select user, value from feedback where turn_id = ?", [turn_id])
+    assert rows == [{"user": str(act.user_id), "value": 1}]
+    for thumb, value in (("👎", -1), ("👍", 1)):  # changed, and changed back at once
+        token = await fire(act, lambda thumb=thumb: act.click(buttons[thumb], message=one, away=True))
+        assert thumb in act.told(token)
+        rows = act.services.store.peek("select user, value from feedback where turn_id = ?", [turn_id])
+        assert rows == [{"user": str(act.user_id), "value": value}]
+    # "Ask again with…" opens the private menu; the choice runs through the choosing interaction
+    mine = await fire(act, lambda: act.click(buttons["Ask again with…"], message=one, away=True))
+    select_id, values = act.menu(mine)
+    assert "provider:three" in values and "provider:one" not in values
+    before = act.discussions()
+    chosen = await fire(act, lambda: act.click(select_id, values=["provider:three"], message=act.api.webhook[mine][0],
+                                               away=True))
+    [new] = [d for d in act.discussions() if d["id"] not in {b["id"] for b in before}]
+    assert new["conversation"] == before[-1]["conversation"]  # the same conversation as the compare
+    menu = act.api.webhook[mine][0]
+    assert menu is not None and menu.components == [] and menu.content.startswith("✅")  # the menu is replaced
+    again = through(act, chosen, menu)
+    assert "/ask" in again[0].content and "Three" in again[0].content
+    assert len(again) == 3 and again[1].content.endswith("Three says Friday.") and "**Total**" in again[2].content
+    assert "👍" in act.buttons(again[1])
+
+
+async def test_a_user_install_consensus_on_these_runs_through_the_click(act: ActRig) -> None:
+    shown = await installed_compare(act)
+    act.llm.scenarios.clear()
+    act.llm.default = Scenario(text="Short answer. RANKING: A > B\nREVISED ANSWER: revised")
+    consensus = act.buttons(shown[-1])["Consensus on these"]
+    before = len(act.discussions())
+    token = await fire(act, lambda: act.click(consensus, message=shown[-1], away=True))
+    assert len(act.discussions()) == before + 1 and act.discussions()[-1]["mode"] == "consensus"
+    first = next(r for r in act.api.interaction_responses if r["token"] == token)
+    assert first["type"] == 5  # a message of its own, not an edit of the summary
+    out = through(act, token, shown[-1])
+    assert len(out) == 6  # the head and 5 follow-ups: 2 answers, 2 reviews, the synthesis and the summary
+    assert "/consensus" in out[0].content and out[0].content.endswith("✅ Stage 3 · Moderator synthesis")
+    assert "\n".join(m.content for m in out[1:]).count("Short answer.") == 5
+    assert "**Total**" in out[-1].content and "Compare with…" in act.buttons(out[-1])
+
+
+async def test_a_user_install_compare_with_keeps_the_head_in_five_follow_ups(act: ActRig) -> None:
+    act.api.followup_limit = 5
+    act.llm.default = Scenario(text="Hello.")
+    token = await fire(act, lambda: act.installed("compare", {"prompt": "Q?", "personas": "riley,morgan,devon",
+                                                              "providers": "one,two"}))
+    summary = act.api.interaction_messages(token)[-1]
+    menu = await fire(act, lambda: act.click(act.buttons(summary)["Compare with…"], message=summary, away=True))
+    select_id, values = act.menu(menu)
+    assert "provider:three" in values and "provider:one" not in values
+    clicked = act.api.webhook[menu][0]
+    assert clicked is not None
+    chosen = await fire(act, lambda: act.click(select_id, values=["provider:three"], message=clicked, away=True))
+    assert act.discussions()[-1]["mode"] == "parallel"
+    out = through(act, chosen, clicked)
+    # the head takes a follow-up of its own (the original is the private menu): 4 are left for 9 answers
+    assert len(out) == 5 and "/compare" in out[0].content
+    assert "\n".join(m.content for m in out[1:]).count("`three/three-m`") == 3  # its answers, none lost
+    assert "**Total**" in out[-1].content and "Consensus on these" in act.buttons(out[-1])
+
+
+async def test_a_user_install_compare_votes_with_a_menu_that_is_changeable(act: ActRig) -> None:
+    shown = await installed_compare(act)
+    summary = shown[-1]
+    assert summary.poll is None  # poll votes reach only a bot that is in the server
+    validate(summary.components)
+    [select_id] = [c["custom_id"] for r in summary.components for c in r["components"] if c["type"] == 3]
+    options = {o["label"]: o["value"] for r in summary.components for c in r["components"] if c["type"] == 3
+               for o in c["options"]}
+    assert sorted(options) == ["one/one-m", "two/two-m"]
+    did = act.discussions()[-1]["id"]
+    turns = {t["provider"]: t["id"] for t in act.services.store.turns(did) if t["stage"] == "answer"}
+    assert options == {"one/one-m": turns["one"], "two/two-m": turns["two"]}
+    tally = Actions(act.services).tally
+
+    async def choose(provider: str, by: int | None = None) -> str:
+        return str(await fire(act, lambda: act.click(select_id, values=[options[f"{provider}/{provider}-m"]],
+                                                     message=summary, by=by, away=True)))
+
+    told = await choose("one")
+    assert "one/one-m" in act.told(told)
+    assert tally(did) == [{"turn_id": turns["one"], "votes": 1}]
+    await choose("two", by=act.admin_id)
+    assert sorted((r["turn_id"], r["votes"]) for r in tally(did)) == sorted([(turns["one"], 1), (turns["two"], 1)])
+    told = await choose("two")  # changed
+    assert "two/two-m" in act.told(told)
+    assert tally(did) == [{"turn_id": turns["two"], "votes": 2}]
+    told = await choose("one")  # and changed back
+    assert "one/one-m" in act.told(told)
+    assert sorted((r["turn_id"], r["votes"]) for r in tally(did)) == sorted([(turns["one"], 1), (turns["two"], 1)])
+    assert not act.api.calls_to("POST", "/channels/")
 
 
 # --- what is enabled, and the limits ---------------------------------------------------------------------

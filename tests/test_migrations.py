@@ -59,7 +59,7 @@ EXPECTED_SCHEMA: dict[str, Any] = {'tables': {'_migrations': {'columns': ['name 
                             'pk': ['name'],
                             'indexes': [],
                             'foreign_keys': []},
-            'action_claims': {'columns': ['key TEXT', 'at REAL'],
+            'action_claims': {'columns': ['key TEXT', 'choice TEXT', 'at REAL'],
                               'pk': ['key'],
                               'indexes': [],
                               'foreign_keys': []},

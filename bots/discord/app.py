@@ -32,7 +32,8 @@
   a message without a mention in one of Parley's threads is a follow-up too.
 - Installed to a person (a user install) in a server Parley's bot is not in, or in a group
   DM, Parley cannot post in the channel: the discussion is rendered through the interaction
-  itself (:class:`bots.discord.sink.InteractionSink`, at most 5 follow-ups).
+  itself (:class:`bots.discord.sink.InteractionSink`, at most 5 follow-ups). One started by a choice
+  in a private menu is headed by a public follow-up (the original response is that private menu).
 - At start-up, messages a previous process left open are marked interrupted
   (:mod:`bots.discord.recovery`). Settings and the client: :mod:`bots.discord.config`;
   entry points: :mod:`bots.discord.main`.
@@ -54,7 +55,7 @@ from bots.discord.commands import command_payloads, complete, payload_hash, requ
 from bots.discord.format import CONTENT_LIMIT, NO_MENTIONS, chunks, doc_to_markdown, thread_name
 from bots.discord.permissions import missing_message, missing_permissions, permission_message
 from bots.discord.ratelimit import ChannelBudgets
-from bots.discord.sink import FRONT_END, DiscordSink, InteractionSink
+from bots.discord.sink import FRONT_END, MAX_FOLLOWUPS, DiscordSink, InteractionSink
 from core import info
 from core.actions import MENUS, STARTS, Action, Actions, Polls
 from core.commands import COMMANDS, Request, parse, parse_line
@@ -370,7 +371,10 @@ class DiscordFront(Requests):
         await self._discuss(grant, target, in_thread=in_guild, on_problem=tell)
 
     # --- through the interaction (a user install where the bot cannot post) ---------------------------
-    async def _through(self, interaction: discord.Interaction, grant: Grant, conversation: str) -> None:
+    async def _through(self, interaction: discord.Interaction, grant: Grant, conversation: str, *,
+                       head_followup: bool = False) -> None:
+        """``head_followup``: the original response is the private menu this choice replaced, so the
+        head (who asked what) is a public follow-up of its own, and the turns have one follow-up less."""
         req = grant.request
         panel = ", ".join(p.title for p in grant.panel)
         quoted = "\n".join("> " + line for line in req.prompt.splitlines()) or "> …"
@@ -380,11 +384,19 @@ class DiscordFront(Requests):
             with contextlib.suppress(discord.HTTPException):
                 await interaction.followup.send(message, ephemeral=True)
 
-        with contextlib.suppress(discord.HTTPException):
-            await interaction.edit_original_response(content=head, allowed_mentions=NO_MENTIONS)
+        head_message: int | None = None
+        if head_followup:
+            try:
+                head_message = (await interaction.followup.send(head, wait=True, allowed_mentions=NO_MENTIONS)).id
+            except discord.HTTPException:
+                return  # Discord takes no reply to this interaction: there is nowhere to show it
+        else:
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.edit_original_response(content=head, allowed_mentions=NO_MENTIONS)
 
         def make_sink(discussion_id: str) -> InteractionSink:
-            return InteractionSink(interaction, self.budgets, head=head)
+            return InteractionSink(interaction, self.budgets, head=head, head_message=head_message,
+                                   max_followups=MAX_FOLLOWUPS - (head_message is not None))
 
         await discuss_in_thread(
             self.services, grant, conversation=conversation, front_end=FRONT_END,
@@ -466,7 +478,8 @@ class DiscordFront(Requests):
                 await interaction.response.defer(ephemeral=not public, thinking=True)
             self._alert(caller.workspace, grant.alerts)
             if public:
-                await self._through(interaction, grant, conversation or f"discord:i:{interaction.id}")
+                await self._through(interaction, grant, conversation or f"discord:i:{interaction.id}",
+                                    head_followup=in_menu)
                 return
 
             async def tell(message: str) -> None:

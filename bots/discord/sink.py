@@ -322,7 +322,9 @@ class InteractionSink(Sink):
     """Render one discussion through its interaction: the original response heads it (who
     asked what, and a consensus's stage line), each turn is one follow-up until the fifth,
     which then carries every remaining turn (each shown whole while they fit, else its label
-    and the end of its text) and the summary. Nothing is posted in the channel itself.
+    and the end of its text) and the summary. Nothing is posted in the channel itself. When the
+    original response is not the discussion's own (a private menu the choice replaced), the head is
+    a follow-up already sent (``head_message``) and ``max_followups`` counts the rest.
 
     The interaction's token lives 15 minutes: writes after that are refused by Discord and
     end the turn (:class:`core.sink.Undeliverable`); nothing is left to recover at a restart.
@@ -333,14 +335,15 @@ class InteractionSink(Sink):
     front_end = FRONT_END
 
     def __init__(self, interaction: discord.Interaction, budgets: ChannelBudgets, *, head: str,
-                 max_followups: int = MAX_FOLLOWUPS) -> None:
+                 max_followups: int = MAX_FOLLOWUPS, head_message: int | None = None) -> None:
         self.interaction = interaction
         self.budgets = budgets
         self.destination = f"interaction:{interaction.id}"
         self.head = head
         self.max_followups = max_followups
         self.progress = Progress()
-        self.original = _Slot(None, [head], [])
+        #: Where the head is: the original response, or the follow-up ``head_message`` (already sent).
+        self.original = _Slot(head_message, [head], [])
         self.followups: list[_Slot] = []
         self.problem: str | None = None
         self._notice: tuple[Notice, int] | None = None

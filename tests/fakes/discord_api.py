@@ -10,7 +10,8 @@ get, thread from a message, a DM channel with a user (``POST /users/@me/channels
 :meth:`FakeDiscordAPI.dm_messages` reads what was sent there), interaction callback,
 original response edit, follow-ups and their edits. Messages keep their ``components``
 and ``poll`` (answers numbered from 1, as Discord numbers them); interaction messages
-(original responses and follow-ups) are kept per token in :attr:`FakeDiscordAPI.webhook`.
+(original responses and follow-ups) are kept per token in :attr:`FakeDiscordAPI.webhook`;
+an update (callback type 7) edits the token's original when a test set which message that is.
 
 Knobs:
 
@@ -433,6 +434,11 @@ class FakeDiscordAPI:
             m.history.append((time.monotonic(), m.content))
             self.webhook.setdefault(request.match_info["token"], [None])[0] = m
             resp["resource"] = {"type": kind, "message": {**self.message_json(m), "channel_id": "0"}}
+        elif kind == 7 and (original := (self.webhook.get(request.match_info["token"]) or [None])[0]) is not None:
+            # An update edits the message the component is on (the interaction's original, when the
+            # test said which message that is).
+            update: dict[str, Any] = dict(body.get("data") or {})  # type: ignore[arg-type]
+            self._interaction_message(request.match_info["token"], update, original)
         return _jr(resp)
 
     def _interaction_message(self, token: str, body: dict[str, Any], m: StoredMessage | None) -> StoredMessage:
