@@ -389,20 +389,11 @@ def build(
         return _build_action(cmd, cmd.action(action) if action else cmd.actions[0], options, prompt)
     req = Request(cmd.name)
     named: dict[str, int] = {}  # items a list option was given, duplicates included
-    for key, raw in options:
-        if raw is None or raw == "":
-            continue
-        key = str(key)
-        name = _ALIASES.get(key.lower())
-        if name is None:
-            raise UsageError(
-                suggest(_shown(key), _ALIASES, "option")
-                + f" Options go first as key:value, then the question. Usage: {cmd.usage}"
-            )
-        if name not in cmd.options:
-            allowed = ", ".join(cmd.options) or "none"
-            raise UsageError(f"/{cmd.name} does not take {_shown(key)}:. It takes: {allowed}.")
-        value = _value(OPTIONS[name], key, raw)
+    for key, raw in _given(options):
+        name, value = _option(
+            key, raw, cmd.options, f"/{cmd.name}",
+            f"Options go first as key:value, then the question. Usage: {cmd.usage}",
+        )
         if not isinstance(value, list):
             if value != "":
                 setattr(req, name, value)
@@ -442,20 +433,27 @@ MAX_ADMIN_ITEMS = 100
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 
 
+def _given(options: Iterable[tuple[str, object]]) -> Iterable[tuple[str, object]]:
+    """The options that were given a value, their names as text."""
+    return ((str(k), v) for k, v in options if v is not None and v != "")
+
+
+def _option(key: str, raw: object, allowed: tuple[str, ...], where: str, usage: str) -> tuple[str, object]:
+    """One ``key:value``: its canonical name (refused with suggestions if unknown or not
+    taken by ``where``) and its checked value."""
+    name = _ALIASES.get(key.lower())
+    if name is None:
+        raise UsageError(suggest(_shown(key), _ALIASES, "option") + f" {usage}")
+    if name not in allowed:
+        raise UsageError(f"{where} does not take {_shown(key)}:. It takes: {', '.join(allowed) or 'none'}.")
+    return name, _value(OPTIONS[name], key, raw)
+
+
 def _build_action(cmd: Command, action: Action, options: Iterable[tuple[str, object]], positional: object) -> Request:
     req = Request(cmd.name, action=action.name)
     where = cmd.action_usage(action)
-    for key, raw in options:
-        if raw is None or raw == "":
-            continue
-        key = str(key)
-        name = _ALIASES.get(key.lower())
-        if name is None:
-            raise UsageError(suggest(_shown(key), _ALIASES, "option") + f" Usage: {where}")
-        if name not in action.options:
-            allowed = ", ".join(action.options) or "none"
-            raise UsageError(f"/{cmd.name} {action.name} does not take {_shown(key)}:. It takes: {allowed}.")
-        value = _value(OPTIONS[name], key, raw)
+    for key, raw in _given(options):
+        name, value = _option(key, raw, action.options, f"/{cmd.name} {action.name}", f"Usage: {where}")
         narrowed = action.choices_for(name)
         if narrowed and value not in narrowed:
             raise UsageError(f"/{cmd.name} {action.name} takes {name}:{'|'.join(narrowed)}, not {name}:{value}.")

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the fixtures imported from test_engine are redefined as arguments)
 """Operations: /healthz, /readyz and /metrics (Prometheus text from prometheus-client),
 the renderer's metrics, and structured JSON logs carrying the discussion id."""
 
@@ -6,8 +7,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -15,31 +14,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from core import logs, ops
 from core.commands import parse
-from core.config import Settings
 from core.ops import Metrics
 from core.render import Renderer
-from core.services import Services, build_services
+from core.services import Services
 from tests.fakes.llm_server import FakeLLMServer, Scenario
-from tests.test_engine import PROVIDERS, user_config
+from tests.test_engine import llm, svc  # noqa: F401  (fixtures)
 from tests.test_render import RecordingSink, events_for, prose
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[FakeLLMServer]:
-    async with FakeLLMServer() as server:
-        yield server
-
-
-@pytest.fixture
-async def svc(llm: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Services]:
-    monkeypatch.setenv("PARLEY_CONFIG", str(user_config(tmp_path, llm.base_url)))
-    for pid in PROVIDERS:
-        monkeypatch.setenv(f"{pid.upper()}_API_KEY", f"env-key-{pid}-0123456789")
-    services = build_services(Settings())
-    try:
-        yield services
-    finally:
-        await services.aclose()
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -100,7 +80,7 @@ async def test_json_logs_carry_the_discussion_id_and_are_redacted(
         log.info("before any discussion")
         events = svc.engine.run(parse("ask", "provider:alpha When?"))
         first = await anext(events)
-        log.warning("inside, with a key env-key-alpha-0123456789 in it")
+        log.warning("inside, with a key test-key-alpha-0123456789 in it")
         [ev async for ev in events]
         log.info("after")
     finally:
@@ -111,7 +91,7 @@ async def test_json_logs_carry_the_discussion_id_and_are_redacted(
     assert by_message["before any discussion"]["discussion_id"] is None
     inside = by_message["inside"]
     assert inside["discussion_id"] == first.discussion_id and inside["level"] == "warning"
-    assert "env-key-alpha" not in stream.getvalue() and "[redacted]" in inside["message"]
+    assert "test-key-alpha" not in stream.getvalue() and "[redacted]" in inside["message"]
     assert by_message["after"]["discussion_id"] is None
     with pytest.raises(ValueError, match="PARLEY_LOG_FORMAT"):
         logs.configure("yaml")
