@@ -52,7 +52,14 @@ class EnvSettings(BaseSettings):
 class Settings(EnvSettings):
     """What core uses: storage, providers and personas, limits, timeouts."""
 
+    @property
+    def store_target(self) -> Path | str:
+        """The SQLite file, or the PostgreSQL URL when one is set."""
+        return self.database_url.get_secret_value() if self.database_url else self.db
+
     db: Path = Field(default_factory=_default_db, validation_alias=_env("PARLEY_DB"))
+    #: postgresql://user:password@host/db: the store on PostgreSQL (several machines); SQLite otherwise.
+    database_url: SecretStr | None = Field(None, validation_alias=_env("PARLEY_DATABASE_URL"))
     config: Path | None = Field(None, validation_alias=_env("PARLEY_CONFIG"))
     personas_dir: Path | None = Field(None, validation_alias=_env("PARLEY_PERSONAS_DIR"))
     default_provider: str | None = Field(None, validation_alias=_env("PARLEY_DEFAULT_PROVIDER"))

@@ -27,14 +27,19 @@ from typing import Any
 import sqlite_utils
 
 from core.errors import redact
+from core.sql import PgDatabase, is_postgres
 
 log = logging.getLogger("parley.store")
 
 Write = Callable[[sqlite_utils.Database], Any]
 
 
-def connect(path: Path | str, *, busy_ms: int) -> sqlite_utils.Database:
-    """A connection in WAL mode with a busy timeout set before anything else touches the file."""
+def connect(path: Path | str, *, busy_ms: int) -> Any:
+    """A connection to the store: for SQLite, in WAL mode with a busy timeout set before
+    anything else touches the file; for a ``postgresql://`` URL, :class:`core.sql.PgDatabase`
+    (the same API)."""
+    if is_postgres(path):
+        return PgDatabase(str(path), timeout=busy_ms / 1000)
     conn = sqlite3.connect(str(path), check_same_thread=False, timeout=busy_ms / 1000)
     conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
     db = sqlite_utils.Database(conn)
@@ -47,6 +52,18 @@ def connect(path: Path | str, *, busy_ms: int) -> sqlite_utils.Database:
     # Deleted text (retention, /forget) is overwritten, not left in free space.
     conn.execute("PRAGMA secure_delete = ON")
     return db
+
+
+def _transient(e: Exception) -> bool:
+    """An error that trying the same write again can cure."""
+    if isinstance(e, sqlite3.OperationalError):
+        return "locked" in str(e) or "busy" in str(e)
+    try:
+        import psycopg
+    except ImportError:
+        return False
+    return isinstance(e, (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
+                          psycopg.errors.LockNotAvailable, psycopg.OperationalError))
 
 
 class Writer:
@@ -83,7 +100,7 @@ class Writer:
                 self._thread.start()
 
     def _run(self) -> None:
-        db = connect(self.path, busy_ms=self.busy_ms)
+        self._db: Any = connect(self.path, busy_ms=self.busy_ms)
         beat_at = time.monotonic()
         try:
             while True:
@@ -91,16 +108,16 @@ class Writer:
                 now = time.monotonic()
                 if self.on_tick is not None and now - beat_at >= self.tick:
                     beat_at = now
-                    self._do(db, self.on_tick, None, counted=False)
+                    self._do(self._db, self.on_tick, None, counted=False)
                 try:
                     _, _, item = self._queue.get(timeout=max(0.0, beat_at + self.tick - time.monotonic()))
                 except queue.Empty:
                     continue
                 if item is None:
                     return
-                self._do(db, *item, counted=True)
+                self._do(self._db, *item, counted=True)
         finally:
-            db.conn.close()
+            self._db.conn.close()
 
     def _do(
         self, db: sqlite_utils.Database, fn: Write, fut: concurrent.futures.Future[Any] | None, *, counted: bool
@@ -111,10 +128,13 @@ class Writer:
             try:
                 with db.conn:
                     result = fn(db)
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) and "busy" not in str(e):
+            except Exception as e:
+                if not _transient(e):
                     raise
-                with db.conn:  # another process held the lock for a whole busy timeout: once more
+                if isinstance(db, PgDatabase) and db.conn.closed:  # the server went away: reconnect
+                    db.conn.close()
+                    self._db = db = connect(self.path, busy_ms=self.busy_ms)
+                with db.conn:  # a lock held for a whole timeout, a deadlock, a lost connection: once more
                     result = fn(db)
         except Exception as e:
             if fut is not None:

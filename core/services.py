@@ -45,7 +45,7 @@ class Services:
 def build_services(settings: Settings | None = None, *, http: HTTPClient | None = None) -> Services:
     settings = settings or Settings()
     catalog = load_catalog(settings.config)
-    store = Store(settings.db, lease=settings.lease_seconds)
+    store = Store(settings.store_target, lease=settings.lease_seconds)
     client = http or AiohttpClient(settings.connect_timeout, settings.read_timeout)
     registry = Registry(catalog, settings, client, store)
     personas = PersonaBook(settings.personas_dir)

@@ -31,6 +31,7 @@ from core.dbwriter import Writer, connect
 from core.errors import ErrorKind, redact
 from core.events import ErrorInfo, TurnInfo, TurnUsage
 from core.migrations import MIGRATIONS
+from core.sql import PgConnection, describe, is_postgres
 from core.records import HealthMark, PastDiscussion, PastTurn, new_id, now_iso
 
 HOST = socket.gethostname()
@@ -54,17 +55,24 @@ def _pid_alive(pid: int) -> bool:
 
 
 class Store:
-    def __init__(self, path: Path | str, *, lease: float = 30.0) -> None:
-        if str(path) == ":memory:":
+    """``target`` is a SQLite file (the embedded default) or a ``postgresql://`` URL
+    (:mod:`core.sql`: the same statements and migrations on PostgreSQL)."""
+
+    def __init__(self, target: Path | str, *, lease: float = 30.0) -> None:
+        if str(target) == ":memory:":
             raise ValueError("the store needs a file (several connections share it)")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.path = Path(path)
+        self.dialect = "postgres" if is_postgres(target) else "sqlite"
+        if self.dialect == "sqlite":
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            self.path: Path | str = Path(target)
+        else:
+            self.path = str(target)
         self.lease = lease
-        self._db = connect(path, busy_ms=5_000)
+        self._db = connect(self.path, busy_ms=5_000)
         self.migrate()
         #: This process, as the owner of the discussions it starts.
         self.instance_id = uuid.uuid4().hex[:16]
-        self.writer = Writer(path, tick=max(0.05, lease / 3), on_tick=self._beat)
+        self.writer = Writer(self.path, tick=max(0.05, lease / 3), on_tick=self._beat)
         now = time.time()
         self.writer.call(
             lambda db: db.table("instances").insert(
@@ -129,9 +137,16 @@ class Store:
         the checks before an acknowledgement, whose data is written synchronously."""
         return rows_of(self._db.conn, sql, args)
 
-    def reader(self) -> sqlite3.Connection:
+    def reader(self) -> Any:
         """A connection of its own, for reading on another thread (close it when done)."""
+        if self.dialect == "postgres":
+            return PgConnection(str(self.path), timeout=5.0)
         return sqlite3.connect(str(self.path), timeout=5.0, check_same_thread=False)
+
+    @property
+    def where(self) -> str:
+        """Where the data is, for logs and messages (a URL without its password)."""
+        return describe(self.path)
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -322,12 +337,12 @@ class Store:
         return list(
             self._read().query(
                 "select provider, model, count(*) as turns, "
-                "sum(status = 'failed') as failed, "
+                "sum(case when status = 'failed' then 1 else 0 end) as failed, "
                 "coalesce(sum(input_tokens), 0) as input_tokens, "
                 "coalesce(sum(output_tokens), 0) as output_tokens, "
                 "coalesce(sum(cached_tokens), 0) as cached_tokens, "
                 "coalesce(sum(usage_estimated), 0) as estimated_turns, "
-                "round(coalesce(sum(cost_usd), 0), 6) as cost_usd "
+                "round(cast(coalesce(sum(cost_usd), 0) as numeric), 6) as cost_usd "
                 "from turns group by provider, model order by cost_usd desc, provider, model"
             )
         )

@@ -42,3 +42,34 @@ async def services(make_settings: Callable[..., Settings]) -> AsyncIterator[Serv
         yield s
     finally:
         await s.aclose()
+
+
+# --- real servers (tests/servers.py) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server():  # type: ignore[no-untyped-def]
+    from tests.servers import Postgres, running
+
+    with running(Postgres) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server():  # type: ignore[no-untyped-def]
+    from tests.servers import Redis, running
+
+    with running(Redis) as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(postgres_server) -> str:  # type: ignore[no-untyped-def]
+    """A fresh PostgreSQL database of this test's own."""
+    return str(postgres_server.database())
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:  # type: ignore[no-untyped-def]
+    """A flushed Redis database for this test."""
+    return str(redis_server.url())

@@ -204,11 +204,11 @@ class GovernanceStore:
             for r in rules:
                 cur = db.execute(
                     "insert into policy_rules (workspace, channel, effect, dimension, pattern, subjects, "
-                    "created_by, created_at) values (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "created_by, created_at) values (?, ?, ?, ?, ?, ?, ?, ?) returning id",
                     [workspace, r["channel"], r["effect"], r["dimension"], r["pattern"], ",".join(r["subjects"]),
                      actor, now_iso()],
                 )
-                ids.append(int(cur.lastrowid or 0))
+                ids.append(int(cur.fetchone()[0]))
             return None, [{**r, "id": i} for r, i in zip(rules, ids, strict=True)], ids
 
         return list(await self.change(workspace, actor, "policy.add", "rules", fn))
@@ -403,7 +403,7 @@ class GovernanceStore:
     def provider_spend(self, workspace: str, month: str) -> list[dict[str, Any]]:
         return self.peek(
             "select t.provider as provider, t.model as model, count(*) as turns, "
-            "round(coalesce(sum(t.cost_usd), 0), 6) as cost_usd, coalesce(sum(t.usage_estimated), 0) as estimated "
+            "round(cast(coalesce(sum(t.cost_usd), 0) as numeric), 6) as cost_usd, coalesce(sum(t.usage_estimated), 0) as estimated "
             "from turns t join discussions d on d.id = t.discussion_id "
             "where d.workspace = ? and substr(d.created_at, 1, 7) = ? group by t.provider, t.model "
             "order by cost_usd desc",
@@ -517,6 +517,19 @@ class GovernanceStore:
         """Copy the WAL into the database and truncate it: erased text leaves no old copies.
         Another process reading holds the WAL; try a few times, then say so (the next sweep
         tries again). Returns whether it was truncated."""
+        if self.store.dialect == "postgres":
+            # No WAL file of ours: VACUUM makes the erased rows' space reusable (it cannot
+            # run in a transaction, so on a connection of its own).
+            def vacuum() -> None:
+                conn = self.store.reader()
+                try:
+                    conn.execute("vacuum turns, posts, discussions")
+                finally:
+                    conn.close()
+
+            await self.store.settled()
+            await asyncio.to_thread(vacuum)
+            return True
         for attempt in range(attempts):
             busy = await self.store.writer.acall(
                 lambda db: db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
