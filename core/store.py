@@ -31,8 +31,8 @@ from core.dbwriter import Writer, connect
 from core.errors import ErrorKind, redact
 from core.events import ErrorInfo, TurnInfo, TurnUsage
 from core.migrations import MIGRATIONS
-from core.sql import PgConnection, describe, is_postgres
 from core.records import HealthMark, PastDiscussion, PastTurn, new_id, now_iso
+from core.sql import PgConnection, describe, is_postgres
 
 HOST = socket.gethostname()
 INTERRUPTED = "Interrupted: Parley restarted while this discussion was running. Ask again to rerun it."
