@@ -16,8 +16,16 @@ cd "$work"
 export PARLEY_DB="$work/smoke.db"
 where="$("$work/venv/bin/python" -c 'import core; print(core.__file__)')"
 case "$where" in "$wsite"/*) ;; *) echo "wheel smoke: core imported from $where, not the wheel"; exit 1;; esac
-"$work/venv/bin/parley" personas --json | grep -q '"id": "riley"'
-"$work/venv/bin/parley" providers --json | grep -q '"id": "openai"'
+# Output goes to files before grep reads it: `grep -q` leaving early would break the pipe.
+"$work/venv/bin/parley" personas --json > "$work/personas.json"
+grep -q '"id": "riley"' "$work/personas.json"
+"$work/venv/bin/parley" providers --json > "$work/providers.json"
+grep -q '"id": "openai"' "$work/providers.json"
 "$work/venv/bin/parley" help >/dev/null
 "$work/venv/bin/parley" policy show >/dev/null
-echo ">> wheel smoke test: the built wheel runs parley personas, providers, help and policy"
+# The front-ends are in the wheel too (what the container runs): their command tables build.
+"$work/venv/bin/parley" slack manifest > "$work/manifest.json"
+grep -q '"/ask"' "$work/manifest.json"
+"$work/venv/bin/parley" discord commands > "$work/commands.json"
+grep -q '"name": "ask"' "$work/commands.json"
+echo ">> wheel smoke test: the built wheel runs parley personas, providers, help, policy, slack manifest and discord commands"
