@@ -5,13 +5,20 @@ tests, never collide). The turn runner counts turns, tokens and cost; the render
 counts platform 429s, open streams and how long a turn waits for its first visible
 text; the store's writer queue is read when scraped. :func:`routes` serves
 ``/healthz`` (the process answers), ``/readyz`` (the store answers a query and its
-writer thread is alive; 503 with the reasons otherwise) and ``/metrics``.
-Names are prefixed ``parley_``.
+writer thread is alive, and, when ``PARLEY_REDIS_URL`` is set, the Redis that
+replicas share (:mod:`core.coord`) answers a ping; 503 with the reasons otherwise) and
+``/metrics``. Names are prefixed ``parley_``.
+
+A load balancer or an orchestrator takes a replica out of rotation while ``/readyz``
+says 503 and restarts it when ``/healthz`` stops answering: a store or Redis that is
+down makes every replica unready, never kills them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -69,19 +76,43 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def _ready(services: Services) -> list[str]:
-    """What keeps this process from serving: empty when it is ready."""
-    problems = []
+#: Seconds /readyz waits for each dependency before calling it unready (a Redis that
+#: accepts connections but never answers must not hang the probe).
+READY_TIMEOUT = 2.0
+
+
+async def _answers(what: str, ping: Callable[[], Any], within: float) -> str | None:
+    """None when ``ping()`` (plain or awaitable) returns without an error and not False;
+    otherwise the problem, named by the exception's type only (a message could carry a
+    URL with its password)."""
     try:
-        services.store.peek("select 1")
-    except Exception as e:  # the file is gone, locked beyond the timeout, corrupt
-        problems.append(f"store: {type(e).__name__}")
-    if not services.store.writer.alive:
-        problems.append("store: the writer thread has stopped")
-    return problems
+        result = ping()
+        if inspect.isawaitable(result):
+            result = await asyncio.wait_for(result, within)
+    except TimeoutError:
+        return f"{what}: no answer within {within:g}s"
+    except Exception as e:  # refused, reset, authentication, a closed pool, a corrupt file…
+        return f"{what}: {type(e).__name__}"
+    return f"{what}: did not answer" if result is False else None
 
 
-def routes(services: Services, running: Callable[[], int] | None = None) -> list[web.RouteDef]:
+async def _ready(services: Services, within: float = READY_TIMEOUT) -> dict[str, str]:
+    """Each dependency's state, ``"ok"`` or the problem: the process serves when all are ok."""
+    store = services.store
+    ping = getattr(store, "ping", None) or (lambda: store.peek("select 1"))
+    checks = {"store": await _answers("store", ping, within) or "ok"}
+    writer = getattr(store, "writer", None)
+    if checks["store"] == "ok" and writer is not None and not writer.alive:
+        checks["store"] = "store: the writer thread has stopped"
+    coord = getattr(services, "coord", None)
+    if coord is not None and coord.shared:  # Redis (PARLEY_REDIS_URL); memory needs no check
+        checks["redis"] = await _answers("redis", coord.ping, within) or "ok"
+    return checks
+
+
+def routes(
+    services: Services, running: Callable[[], int] | None = None, *, ready_timeout: float = READY_TIMEOUT
+) -> list[web.RouteDef]:
     async def healthz(_: web.Request) -> web.Response:
         body: dict[str, Any] = {"ok": True}
         if running is not None:
@@ -89,8 +120,14 @@ def routes(services: Services, running: Callable[[], int] | None = None) -> list
         return web.json_response(body)
 
     async def readyz(_: web.Request) -> web.Response:
-        problems = _ready(services)
-        return web.json_response({"ready": not problems, "problems": problems}, status=503 if problems else 200)
+        checks = await _ready(services, ready_timeout)
+        problems = [v for v in checks.values() if v != "ok"]
+        body = {
+            "ready": not problems,
+            "problems": problems,
+            "checks": {k: v == "ok" for k, v in checks.items()},
+        }
+        return web.json_response(body, status=503 if problems else 200)
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=services.metrics.text(), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -100,7 +137,12 @@ def routes(services: Services, running: Callable[[], int] | None = None) -> list
 
 @contextlib.asynccontextmanager
 async def serving(
-    services: Services, port: int | None, host: str = "0.0.0.0", running: Callable[[], int] | None = None
+    services: Services,
+    port: int | None,
+    host: str = "0.0.0.0",
+    running: Callable[[], int] | None = None,
+    *,
+    ready_timeout: float = READY_TIMEOUT,
 ) -> AsyncIterator[int | None]:
     """Serve :func:`routes` on ``host:port`` for a front-end without an HTTP port of its own
     (the Discord bot: PARLEY_OPS_PORT); yields the bound port, or None when ``port`` is unset."""
@@ -108,7 +150,7 @@ async def serving(
         yield None
         return
     app = web.Application()
-    app.add_routes(routes(services, running))
+    app.add_routes(routes(services, running, ready_timeout=ready_timeout))
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
