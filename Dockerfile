@@ -20,17 +20,18 @@ RUN if [ "$WITH_LOCAL_MODEL" = 1 ]; then \
       && rm -rf /var/lib/apt/lists/*; \
     fi
 WORKDIR /src
-# Dependencies first, from pyproject.toml alone (empty packages stand in for the code),
-# so that changing the code does not rebuild them, nor llama.cpp.
-COPY pyproject.toml README.md ./
+# Dependencies first, from pyproject.toml alone (empty files stand in for the code and
+# the README), so that changing those does not rebuild them, nor llama.cpp.
+COPY pyproject.toml ./
 RUN set -eu; \
     python3 -m venv /opt/parley; \
-    mkdir -p core bots; touch core/__init__.py bots/__init__.py; \
+    mkdir -p core bots; touch core/__init__.py bots/__init__.py README.md; \
     extras=""; if [ "$WITH_LOCAL_MODEL" = 1 ]; then extras="[local]"; fi; \
     CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" /opt/parley/bin/pip install -q ".$extras"; \
     /opt/parley/bin/pip uninstall -q -y parley; \
-    rm -rf core bots build *.egg-info
+    rm -rf core bots build *.egg-info README.md
 # Then Parley itself, as a built wheel (what a user installs), without touching its dependencies.
+COPY README.md ./
 COPY core ./core
 COPY bots ./bots
 RUN set -eu; \
