@@ -9,6 +9,20 @@ progress updates, the message shown longest ago first.
 Both take an injectable ``clock`` (seconds, monotonic) so that their
 arithmetic can be tested without wall-clock bounds; the grant loop still
 sleeps on the event loop.
+
+Shared limits. Replicas that write to the same place (two Slack processes for one
+workspace, Discord shard processes of one bot) must not each spend the whole
+limit. :meth:`TokenBucket.share` binds a bucket to a key of a shared coordinator
+(:mod:`core.coord`, Redis): a grant then needs the local budget (priorities, the
+reserve for finals, pacing, all as before) *and* one call from the shared limit
+of the same size, taken atomically by the coordinator. Such a bucket grants only
+through its grant loop, one waiter at a time in priority order, so the local
+state checked before the round trip is the state committed after it. A pause
+after a 429 is sent to the coordinator, so every replica pauses that key; a
+pause another replica set is learned at the next take. While the coordinator is
+unreachable nothing is granted (fail closed), the waiters keep waiting and the
+loop asks again with a growing delay. Without a shared key (one process) a
+bucket works exactly as before, with no extra step.
 """
 
 from __future__ import annotations
@@ -17,9 +31,15 @@ import asyncio
 import collections
 import heapq
 import itertools
+import logging
 import math
 import time
 from collections.abc import Callable
+from typing import Self
+
+from core.coord import Coordinator, Taken, Unavailable, retry_delay
+
+log = logging.getLogger("parley.budget")
 
 
 class TokenBucket:
@@ -43,6 +63,19 @@ class TokenBucket:
         self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
         self._timer: asyncio.Task[None] | None = None
+        #: (coordinator, key) when replicas share this limit (:meth:`share`).
+        self.shared: tuple[Coordinator, str] | None = None
+        #: Before this (our clock), the shared limit said no: a hint for :meth:`available`.
+        self.shared_until = 0.0
+        self._failures = 0
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def share(self, coord: Coordinator, key: str) -> Self:
+        """Draw on the limit ``key`` of ``coord`` too: every replica's bucket bound to that key
+        together stays within one bucket's limit (an unlimited rate is not shared)."""
+        if not math.isinf(self.rate):
+            self.shared = (coord, key)
+        return self
 
     def _refill(self, now: float) -> None:
         if math.isinf(self.rate):
@@ -51,28 +84,37 @@ class TokenBucket:
             self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
 
-    def _try_take(self, priority: float = 1.0) -> bool:
+    def _can_take(self, priority: float = 1.0) -> bool:
+        """Whether the local budget would grant a request of this priority now (takes nothing)."""
         now = self.clock()
         if now < self.paused_until:
             return False
         self._refill(now)
-        if self.tokens >= 1:
-            self.tokens -= 1
-            self.granted += 1
+        return self.tokens >= 1
+
+    def _commit(self, priority: float = 1.0) -> None:
+        """Spend the local budget for one grant."""
+        self.tokens -= 1
+        self.granted += 1
+
+    def _try_take(self, priority: float = 1.0) -> bool:
+        if self._can_take(priority):
+            self._commit(priority)
             return True
         return False
 
     def available(self) -> bool:
         """Whether a token could be granted right now without waiting (does not take it)."""
         now = self.clock()
-        if now < self.paused_until or self._waiters:
+        if now < self.paused_until or now < self.shared_until or self._waiters:
             return False
         self._refill(now)
         return self.tokens >= 1
 
     def try_acquire(self, priority: float = 1.0) -> bool:
-        """Take a grant now if one is free and nobody is waiting; never waits."""
-        return not self._waiters and self._try_take(priority)
+        """Take a grant now if one is free and nobody is waiting; never waits. A shared
+        bucket never grants this way (the shared take is a round trip): use :meth:`acquire`."""
+        return self.shared is None and not self._waiters and self._try_take(priority)
 
     def wait_time(self, priority: float = 1.0) -> float:
         """Seconds until a request of this priority could be granted (0: now)."""
@@ -80,10 +122,11 @@ class TokenBucket:
         if now < self.paused_until:  # after a 429 the bucket restarts empty at the pause's end
             return self.paused_until - now + self._refill_wait(self.paused_until, priority)
         self._refill(now)
-        return 0.0 if self.tokens >= 1 else self._refill_wait(now, priority)
+        local = 0.0 if self.tokens >= 1 else self._refill_wait(now, priority)
+        return max(local, self.shared_until - now)
 
     async def acquire(self, priority: float = 1.0) -> None:
-        if not self._waiters and self._try_take(priority):
+        if self.shared is None and not self._waiters and self._try_take(priority):
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (priority, next(self._seq), fut))
@@ -91,16 +134,62 @@ class TokenBucket:
             self._timer = asyncio.create_task(self._grant_loop())
         await fut
 
+    def _drop_cancelled(self) -> None:
+        while self._waiters and self._waiters[0][2].done():
+            heapq.heappop(self._waiters)  # cancelled waiter
+
     async def _grant_loop(self) -> None:
         while self._waiters:
-            while self._waiters and self._waiters[0][2].done():
-                heapq.heappop(self._waiters)  # cancelled waiter
+            self._drop_cancelled()
             if not self._waiters:
                 break
-            if self._try_take(self._waiters[0][0]):
-                heapq.heappop(self._waiters)[2].set_result(None)
+            priority = self._waiters[0][0]
+            if self.shared is None:
+                if self._try_take(priority):
+                    heapq.heappop(self._waiters)[2].set_result(None)
+                    continue
+                await asyncio.sleep(max(self.wait_time(priority), 0.001))
                 continue
-            await asyncio.sleep(max(self.wait_time(self._waiters[0][0]), 0.001))
+            if not self._can_take(priority):
+                await asyncio.sleep(max(self.wait_time(priority), 0.001))
+                continue
+            wait = await self._shared_take(priority)
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            # Granted by the shared limit: the call will be made, so the local budget counts
+            # it even if the waiter it was asked for left meanwhile (the next one gets it).
+            self._commit(priority)
+            self._drop_cancelled()
+            if self._waiters:
+                heapq.heappop(self._waiters)[2].set_result(None)
+
+    async def _ask(self, coord: Coordinator, key: str, priority: float) -> Taken:
+        return await coord.take_rate(key, self.rate, self.capacity)
+
+    async def _shared_take(self, priority: float) -> float:
+        """0 when the shared limit granted one call; otherwise seconds to wait before asking again."""
+        assert self.shared is not None
+        coord, key = self.shared
+        try:
+            taken = await self._ask(coord, key, priority)
+        except Exception as e:
+            # Fail closed: nothing is granted while the coordinator cannot say what the
+            # other replicas spent. Unavailable is logged by the coordinator; anything else here.
+            if not isinstance(e, Unavailable):
+                log.exception("shared budget %s: the take failed", key)
+            wait = retry_delay(self._failures)
+            self._failures += 1
+            self.shared_until = max(self.shared_until, self.clock() + wait)
+            return wait
+        self._failures = 0
+        if taken.granted:
+            return 0.0
+        wait = max(taken.wait, 0.001)
+        self.shared_until = max(self.shared_until, self.clock() + wait)
+        if taken.paused:  # another replica saw a 429 on this key
+            self._pause_local(wait)
+        return wait
 
     def _refill_wait(self, now: float, priority: float) -> float:
         """Seconds until the next token could exist (pauses aside)."""
@@ -116,10 +205,41 @@ class TokenBucket:
         return self.available() and self.tokens >= self.capacity
 
     def pause(self, seconds: float) -> None:
-        """After a 429: nothing is granted for ``seconds``, and the bucket restarts empty."""
+        """After a 429: nothing is granted for ``seconds``, and the bucket restarts empty.
+        A shared bucket pauses its key for every replica too (sent in the background)."""
+        self._pause_local(seconds)
+        self._share_pause(seconds)
+
+    def _pause_local(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, self.clock() + seconds)
         self.tokens = 0.0
         self.updated = self.paused_until
+
+    def _share_pause(self, seconds: float) -> None:
+        if self.shared is None or seconds <= 0:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        coord, key = self.shared
+        task = loop.create_task(self._send_pause(coord, key, seconds))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    @staticmethod
+    async def _send_pause(coord: Coordinator, key: str, seconds: float) -> None:
+        try:
+            await coord.pause(key, seconds)
+        except Unavailable:
+            pass  # the pause stays with this replica (the coordinator logged the outage)
+        except Exception:
+            log.exception("shared budget %s: sharing a pause failed", key)
+
+    async def sent(self) -> None:
+        """Wait until the pauses given to the coordinator were sent (tests, shutdown)."""
+        if self._sending:
+            await asyncio.gather(*list(self._sending), return_exceptions=True)
 
 
 class WindowBudget(TokenBucket):
@@ -188,20 +308,25 @@ class WindowBudget(TokenBucket):
         self.credit_at = now
         return self.credit if self.pace else math.inf
 
-    def _try_take(self, priority: float = 1.0) -> bool:
+    def _can_take(self, priority: float = 1.0) -> bool:
         now = self.clock()
         if now < self.paused_until:
             return False
         progress = priority >= 1
         if progress and self._credit(now) < 1:
             return False
-        if self._free(now) >= 1 + (self.reserve if progress else 0):
-            self.stamps.append(now)
-            self.granted += 1
-            if progress and self.pace:
-                self.credit -= 1
-            return True
-        return False
+        return self._free(now) >= 1 + (self.reserve if progress else 0)
+
+    def _commit(self, priority: float = 1.0) -> None:
+        self.stamps.append(self.clock())
+        self.granted += 1
+        if priority >= 1 and self.pace:
+            self.credit -= 1
+
+    async def _ask(self, coord: Coordinator, key: str, priority: float) -> Taken:
+        # Progress updates leave this replica's reserve free in the shared window as well.
+        reserve = self.reserve if priority >= 1 else 0
+        return await coord.take(key, self.limit, self.window, reserve=reserve)
 
     def idle(self) -> bool:
         """No claim, no waiter, no pause, and nothing spent within the window."""
@@ -212,6 +337,7 @@ class WindowBudget(TokenBucket):
         now = self.clock()
         return (
             now >= self.paused_until
+            and now >= self.shared_until
             and not self._waiters
             and self._credit(now) >= 1
             and self._free(now) >= 1 + self.reserve
@@ -234,9 +360,9 @@ class WindowBudget(TokenBucket):
 
     def wait_time(self, priority: float = 1.0) -> float:
         now = self.clock()
-        return max(self.paused_until - now, self._refill_wait(now, priority), 0.0)
+        return max(self.paused_until - now, self.shared_until - now, self._refill_wait(now, priority), 0.0)
 
-    def pause(self, seconds: float) -> None:
+    def _pause_local(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, self.clock() + seconds)
 
 

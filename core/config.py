@@ -90,6 +90,10 @@ class Settings(EnvSettings):
     #: A process whose heartbeat is older than this is gone: its running discussions
     #: are marked interrupted by the next process that starts.
     lease_seconds: float = Field(30.0, validation_alias=_env("PARLEY_LEASE_SECONDS"))
+    #: redis://[:password@]host:port/db (Redis or Valkey; rediss:// for TLS): what replicas share,
+    #: platform rate budgets, pauses after a 429 and event dedupe (core/coord.py). Unset: this
+    #: process keeps them in memory, as one process needs.
+    redis_url: SecretStr | None = Field(None, validation_alias=_env("PARLEY_REDIS_URL"))
 
     #: Governance (docs/admin.md): ids that are admins everywhere (or ``WORKSPACE:ID``), the
     #: secret own keys are encrypted with (unset: own keys are off), a policy file to seed from.

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from core.config import Settings
+from core.coord import Coordinator, LocalCoordinator, coordinator
 from core.discussion import Engine
 from core.governance import Governance
 from core.ops import Metrics
@@ -28,11 +29,14 @@ class Services:
     engine: Engine
     governance: Governance
     metrics: Metrics
+    #: What replicas share (rate budgets, 429 pauses, event dedupe): Redis with PARLEY_REDIS_URL.
+    coord: Coordinator = field(default_factory=LocalCoordinator)
 
     async def aclose(self) -> None:
         await self.governance.aclose()
         await self.registry.aclose()
         await self.http.aclose()
+        await self.coord.aclose()
         self.store.close()
 
     async def __aenter__(self) -> Services:
@@ -60,4 +64,5 @@ def build_services(settings: Settings | None = None, *, http: HTTPClient | None 
 
         seed(governance, settings.policy_file, personas)
     governance.db.settle_orphans()  # reservations of processes that died mid-discussion
-    return Services(settings, catalog, store, client, registry, personas, engine, governance, metrics)
+    return Services(settings, catalog, store, client, registry, personas, engine, governance, metrics,
+                    coordinator(settings))

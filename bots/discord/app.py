@@ -34,6 +34,9 @@
   DM, Parley cannot post in the channel: the discussion is rendered through the interaction
   itself (:class:`bots.discord.sink.InteractionSink`, at most 5 follow-ups). One started by a choice
   in a private menu is headed by a public follow-up (the original response is that private menu).
+- An interaction is handled once (its id, :class:`core.coord.Dedupe`), across processes when they
+  share Redis: a gateway replay, or two processes running the same shard during a rolling
+  deploy, would otherwise answer it twice.
 - At start-up, messages a previous process left open are marked interrupted
   (:mod:`bots.discord.recovery`). Settings and the client: :mod:`bots.discord.config`;
   entry points: :mod:`bots.discord.main`.
@@ -59,6 +62,7 @@ from bots.discord.sink import FRONT_END, MAX_FOLLOWUPS, DiscordSink, Interaction
 from core import info
 from core.actions import MENUS, STARTS, Action, Actions, Polls
 from core.commands import COMMANDS, Request, parse, parse_line
+from core.coord import Dedupe
 from core.errors import ParleyError, UsageError, redact
 from core.governance import Grant
 from core.governance.scope import Caller
@@ -72,6 +76,8 @@ MENTION_HELP = (
     "\n\nMention me (`@Parley compare providers:a,b Question`) in a channel to start a thread, "
     "or in a thread to follow up."
 )
+#: Seconds an interaction id is remembered across processes (its token lives 15 minutes).
+INTERACTION_TTL = 900.0
 
 
 # --- who asks, and where ----------------------------------------------------------------------------------
@@ -169,6 +175,7 @@ class DiscordFront(Requests):
         self.client = client
         self.budgets = budgets or ChannelBudgets()
         self.admission = Admission.from_settings(services.settings)
+        self.dedupe = Dedupe(services.coord, "discord:interaction", ttl=INTERACTION_TTL)
         super().__init__()
         #: Shown each discussion's renderer (tests and benchmarks read its counters); none is kept here.
         self.on_renderer = on_renderer
@@ -224,7 +231,8 @@ class DiscordFront(Requests):
 
     # --- interactions -----------------------------------------------------------------------------------
     async def on_interaction(self, interaction: discord.Interaction) -> None:
-        self.spawn(self._interaction(interaction))
+        if await self.dedupe.first(interaction.id):
+            self.spawn(self._interaction(interaction))
 
     async def _interaction(self, interaction: discord.Interaction) -> None:
         data: dict[str, Any] = dict(interaction.data or {})

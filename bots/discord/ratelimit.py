@@ -13,6 +13,11 @@ sink's calls run under :func:`fail_fast`, and the aiohttp trace from
 :class:`core.sink.RateLimited`: the renderer pauses that channel's bucket for
 ``retry_after`` and re-sends the latest text, so nothing is lost or duplicated.
 One-off calls (the parent message, a thread) keep discord.py's own handling.
+
+Shared. Shard processes of one bot (and replicas) share these limits through the
+coordinator (:meth:`ChannelBudgets.share`, Redis): the bot-wide bucket is one key
+for every process, each channel's (or interaction webhook's) bucket one key per
+channel, and a 429 that one process sees pauses that key for all of them.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 import aiohttp
 
 from core.budget import TokenBucket, WindowBudget
+from core.coord import Coordinator
 from core.sink import RateLimited
 
 #: Discord's per-channel message bucket (creates and edits), and the bot-wide limit.
@@ -112,11 +118,31 @@ class ChannelBudgets:
     channels: dict[int, WindowBudget] = field(default_factory=dict)
     bot: TokenBucket = field(init=False)
     clock: Callable[[], float] = time.monotonic
+    #: The coordinator these limits are shared through, and the bot's key there (:meth:`share`).
+    coord: Coordinator | None = None
+    scope: str = ""
     _swept: float = field(init=False, default=0.0)
 
     def __post_init__(self) -> None:
         self.bot = TokenBucket(self.global_per_second * 0.9, max(1, int(self.global_per_second // 5)), name="global")
         self._swept = self.clock()
+        if self.coord is not None:
+            self.share(self.coord, self.scope)
+
+    def _key(self, what: str) -> str:
+        return f"discord:{self.scope}:{what}" if self.scope else f"discord:{what}"
+
+    def share(self, coord: Coordinator | None, scope: str = "") -> ChannelBudgets:
+        """Share these limits with every process of this bot through ``coord`` (``scope``: a
+        name for the bot, e.g. its application id, when several bots use one Redis); a
+        coordinator of this process only (no Redis) changes nothing. Returns self."""
+        self.coord, self.scope = coord, scope
+        if coord is None or not coord.shared:
+            return self
+        self.bot.share(coord, self._key("global"))
+        for channel_id, bucket in self.channels.items():
+            bucket.share(coord, self._key(f"channel:{channel_id}"))
+        return self
 
     def channel(self, channel_id: int) -> WindowBudget:
         now = self.clock()
@@ -129,4 +155,6 @@ class ChannelBudgets:
             bucket = self.channels[channel_id] = window_bucket(
                 self.limit, self.window, f"channel:{channel_id}", clock=self.clock
             )
+            if self.coord is not None and self.coord.shared:
+                bucket.share(self.coord, self._key(f"channel:{channel_id}"))
         return bucket

@@ -37,7 +37,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import re
@@ -59,7 +58,7 @@ from bots.slack.home import warning
 from bots.slack.manifest import slash_commands
 from bots.slack.recovery import recover
 from bots.slack.sink import FRONT_END, STREAM_LIFE, SlackSink
-from core import info, ops
+from core import coord, info, ops
 from core.actions import MENUS, Action, Actions
 from core.commands import OPTIONS, UMBRELLA, Request, parse, parse_line
 from core.errors import ParleyError, UsageError, redact
@@ -87,22 +86,16 @@ ACTION_IDS = re.compile(r"^parley:")
 SETTLE_SECONDS = 3.0
 
 
-class Dedupe:
-    """Slack re-delivers an event it thinks was not acknowledged; handle each ``event_id`` once."""
+#: Seconds an event id is remembered across replicas (Slack retries within minutes: X-Slack-Retry-Num).
+EVENT_TTL = 3600.0
 
-    def __init__(self, size: int = 10_000) -> None:
-        self.seen: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self.size = size
 
-    def first(self, event_id: str | None) -> bool:
-        if not event_id:
-            return True
-        if event_id in self.seen:
-            return False
-        self.seen[event_id] = None
-        if len(self.seen) > self.size:
-            self.seen.popitem(last=False)
-        return True
+class Dedupe(coord.Dedupe):
+    """Slack re-delivers an event it thinks was not acknowledged (``X-Slack-Retry-Num``), maybe to
+    another replica: each ``event_id`` is handled once, across replicas when they share Redis."""
+
+    def __init__(self, coordinator: coord.Coordinator | None = None, size: int = 10_000) -> None:
+        super().__init__(coordinator, "slack:event", ttl=EVENT_TTL, size=size)
 
 
 class SlackFront(Requests):
@@ -126,7 +119,7 @@ class SlackFront(Requests):
             lambda _: self.make_budgets(), WorkspaceBudgets.idle
         )
         self.admission = Admission.from_settings(services.settings)
-        self.dedupe = Dedupe()
+        self.dedupe = Dedupe(services.coord)
         super().__init__()
         self.customize = False
         self.bot_user_id: str | None = None
@@ -332,7 +325,7 @@ class SlackFront(Requests):
 
     # --- mentions and direct messages -----------------------------------------------------------
     async def on_mention(self, body: dict[str, Any], event: dict[str, Any]) -> None:
-        if not self.dedupe.first(body.get("event_id")):
+        if not await self.dedupe.first(body.get("event_id")):
             return
         if event.get("subtype") or event.get("bot_id"):
             return
@@ -345,7 +338,7 @@ class SlackFront(Requests):
             return
         kind = event.get("channel_type")
         if kind == "im":
-            if self.dedupe.first(body.get("event_id")):
+            if await self.dedupe.first(body.get("event_id")):
                 self.spawn(self._from_message(event, body.get("team_id")))
             return
         thread_ts = event.get("thread_ts")
@@ -353,7 +346,7 @@ class SlackFront(Requests):
             return  # not a reply in a thread
         if _mentions(event.get("text") or "", self.bot_user_id):
             return  # app_mention answers it
-        if self.dedupe.first(body.get("event_id")):
+        if await self.dedupe.first(body.get("event_id")):
             self.spawn(self._follow_up(event, body.get("team_id")))
 
     async def _follow_up(self, event: dict[str, Any], team: str | None) -> None:
@@ -421,7 +414,7 @@ class SlackFront(Requests):
         tab = event.get("tab", "home")
         if tab not in ("home", "messages") or not event.get("user"):
             return
-        if not self.dedupe.first(body.get("event_id")):
+        if not await self.dedupe.first(body.get("event_id")):
             return
         if tab == "messages":
             if event.get("channel"):

@@ -6,6 +6,12 @@ except ``chat.postMessage``: about one per second per channel.
 Budgets are kept per workspace and per channel only while they matter
 (:class:`IdleMap`): a process that served thousands of channels holds the
 buckets of the ones written to recently, not of every channel it ever saw.
+
+Replicas serving the same workspace (several processes behind one Request URL,
+or Socket Mode connections) share its limits through the coordinator
+(:meth:`WorkspaceBudgets.share`, Redis): each method's budget and each channel's
+chat.postMessage budget is one key per workspace (team id), so together they stay
+within what Slack allows the app there, and a 429 seen by one pauses all.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from core.budget import TokenBucket, WindowBudget
+from core.coord import Coordinator
 
 #: Calls per minute per workspace, from Slack's published tiers.
 TIER_LIMITS: dict[str, int] = {
@@ -103,12 +110,34 @@ class WorkspaceBudgets:
     #: Native streams started and not yet stopped (each will need a chat.stopStream).
     live_streams: int = 0
     streams_enabled: bool = True
+    #: The coordinator these limits are shared through, and the workspace's key there (:meth:`share`).
+    coord: Coordinator | None = None
+    workspace: str = ""
 
     def __post_init__(self) -> None:
         for method, n in self.limits.items():
             self.buckets[method] = tier_bucket(n, method, self.window, self.clock)
-        rate, clock = self.post_rate * 0.95, self.clock
-        self.channels = IdleMap(lambda ch: TokenBucket(rate, 1, name=f"post:{ch}", clock=clock), TokenBucket.idle)
+        self.channels = IdleMap(self._post_bucket, TokenBucket.idle)
+        if self.coord is not None:
+            self.share(self.coord, self.workspace)
+
+    def _post_bucket(self, channel: str) -> TokenBucket:
+        bucket = TokenBucket(self.post_rate * 0.95, 1, name=f"post:{channel}", clock=self.clock)
+        if self.coord is not None and self.coord.shared:
+            bucket.share(self.coord, f"slack:{self.workspace}:post:{channel}")
+        return bucket
+
+    def share(self, coord: Coordinator | None, workspace: str) -> WorkspaceBudgets:
+        """Share these limits with every replica serving ``workspace`` (its team id) through
+        ``coord``; a coordinator of this process only (no Redis) changes nothing. Returns self."""
+        self.coord, self.workspace = coord, workspace
+        if coord is None or not coord.shared:
+            return self
+        for method, bucket in self.buckets.items():
+            bucket.share(coord, f"slack:{workspace}:{method}")
+        for channel in self.channels:
+            self.channels.get(channel).share(coord, f"slack:{workspace}:post:{channel}")
+        return self
 
     def __getitem__(self, method: str) -> WindowBudget:
         return self.buckets[method]
