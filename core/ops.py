@@ -104,8 +104,8 @@ async def _ready(services: Services, within: float = READY_TIMEOUT) -> dict[str,
     writer = getattr(store, "writer", None)
     if checks["store"] == "ok" and writer is not None and not writer.alive:
         checks["store"] = "store: the writer thread has stopped"
-    coord = getattr(services, "coord", None)
-    if coord is not None and coord.shared:  # Redis (PARLEY_REDIS_URL); memory needs no check
+    coord = services.coord
+    if coord.shared:  # Redis (PARLEY_REDIS_URL); this process's memory needs no check
         checks["redis"] = await _answers("redis", coord.ping, within) or "ok"
     return checks
 
