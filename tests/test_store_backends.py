@@ -69,3 +69,21 @@ def test_a_second_process_sees_the_first_ones_live_runs_and_leaves_them_alone(ta
         assert c.discussion(did)["status"] == "interrupted"
     finally:
         c.close()
+
+
+async def test_a_budget_reservation_adds_to_the_running_totals(target: str) -> None:
+    from core.governance.scope import Periods
+    from core.governance.storage import GovernanceStore
+
+    store = Store(target, lease=5)
+    try:
+        gov = GovernanceStore(store)
+        periods = Periods.at()
+        for _ in range(2):
+            sid, over, _alerts = await gov.reserve(workspace="w", channel="c", user="u", caps=[], estimate=0.5,
+                                                   free=[], periods=periods)
+            assert sid and not over
+        totals = store.peek("select usd from spend_totals where workspace = 'w' and scope = 'workspace'")
+        assert sorted(r["usd"] for r in totals) == [1.0, 1.0]  # daily and monthly, both reservations
+    finally:
+        store.close()

@@ -333,7 +333,7 @@ class GovernanceStore:
     def _add(db: sqlite_utils.Database, keys: list[tuple[str, str, str, str]], usd: float) -> None:
         db.conn.executemany(
             "insert into spend_totals (workspace, scope, target, period, usd) values (?, ?, ?, ?, ?) "
-            "on conflict(workspace, scope, target, period) do update set usd = usd + excluded.usd",
+            "on conflict(workspace, scope, target, period) do update set usd = spend_totals.usd + excluded.usd",
             [(*k, usd) for k in keys],
         )
 
