@@ -238,3 +238,30 @@ def m008_thread_actions(db: sqlite_utils.Database) -> None:
     db.table("polls").create({"message_id": str, "discussion_id": str, "answers": str, "at": str}, pk="message_id")
     # Follow-ups without a mention in Parley's own threads: off unless an admin turns it on.
     db.table("workspace_settings").add_column("followups", int)
+
+
+@migration
+def m009_slack_installations(db: sqlite_utils.Database) -> None:
+    # Slack installed in many workspaces through OAuth (bots/slack/oauth.py): each workspace's
+    # bot, and who installed it. Tokens (and an incoming webhook's URL) are AES-GCM ciphertext
+    # sealed with PARLEY_SECRET_KEY and bound to their row and column; never in clear. Keyed by
+    # the app's client id, then the workspace ('' for none: an org-wide install has no team).
+    db.table("slack_bots").create(
+        {"client_id": str, "team_id": str, "enterprise_id": str, "app_id": str, "enterprise_name": str,
+         "team_name": str, "bot_id": str, "bot_user_id": str, "bot_scopes": str, "bot_token": str,
+         "bot_refresh_token": str, "bot_token_expires_at": int, "is_enterprise_install": int,
+         "key_id": str, "installed_at": float},
+        pk=("client_id", "team_id", "enterprise_id"),
+    )
+    db.table("slack_installations").create(
+        {"client_id": str, "team_id": str, "enterprise_id": str, "user_id": str, "app_id": str,
+         "enterprise_name": str, "enterprise_url": str, "team_name": str, "user_token": str,
+         "user_scopes": str, "user_refresh_token": str, "user_token_expires_at": int,
+         "incoming_webhook_url": str, "incoming_webhook_channel": str, "incoming_webhook_channel_id": str,
+         "incoming_webhook_configuration_url": str, "is_enterprise_install": int, "token_type": str,
+         "key_id": str, "installed_at": float},
+        pk=("client_id", "team_id", "enterprise_id", "user_id"),
+    )
+    # The OAuth state of an install under way: its SHA-256 only, used once, until it expires.
+    db.table("slack_oauth_states").create({"digest": str, "expires_at": float}, pk="digest")
+    db.table("slack_oauth_states").create_index(["expires_at"])

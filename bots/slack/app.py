@@ -10,7 +10,9 @@
   and signature-checked before bolt sees it (:mod:`bots.slack.http`);
   :mod:`bots.slack.main` serves it, or connects in Socket Mode.
 - Bolt authorises each request from a per-workspace cache of ``auth.test``
-  (:mod:`bots.slack.auth`); discussions are capped per workspace and per person
+  (:mod:`bots.slack.auth`), or, installed in many workspaces through OAuth, from each
+  workspace's installation (:mod:`bots.slack.oauth`: every Web API call then goes with that
+  workspace's token, :meth:`SlackFront.client_for`); discussions are capped per workspace and per person
   (:class:`core.threads.Admission`) and admitted by governance (policy, budget,
   own keys: :meth:`core.governance.Governance.admit`) before a command is
   acknowledged; soft budget alerts are sent to the workspace's admins by DM.
@@ -37,6 +39,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import re
@@ -56,6 +59,7 @@ from bots.slack.errors import response_header, retry_after, slack_error
 from bots.slack.format import doc_to_mrkdwn, escape, to_mrkdwn
 from bots.slack.home import warning
 from bots.slack.manifest import slash_commands
+from bots.slack.oauth import NOT_INSTALLED, SlackOAuth
 from bots.slack.recovery import recover
 from bots.slack.sink import FRONT_END, STREAM_LIFE, SlackSink
 from core import coord, info, ops
@@ -109,9 +113,13 @@ class SlackFront(Requests):
         signing_secret: str | None,
         budgets: Callable[[], WorkspaceBudgets] = WorkspaceBudgets,
         stream_life: float | None = None,
+        oauth: SlackOAuth | None = None,
     ) -> None:
+        """``client`` carries the one bot token; with ``oauth`` (installed in many workspaces)
+        it carries none, and each workspace's calls go through :meth:`client_for`."""
         self.services = services
         self.client = client
+        self.oauth = oauth
         self.signing_secret = signing_secret
         self.make_budgets = budgets
         self.stream_life = stream_life
@@ -126,16 +134,28 @@ class SlackFront(Requests):
         self.team_id: str | None = None
         self.authorizer = Authorizer(client)
         self.admins = Admins(client)
+        self._team_admins: collections.OrderedDict[str, Admins] = collections.OrderedDict()
         self.actions = Actions(services)
+        authorization: dict[str, Any] = {"authorize": self.authorizer} if oauth is None else {
+            # each workspace's installation; bolt's install flow on Parley's stores;
+            # app_uninstalled and tokens_revoked delete from them
+            "authorize": oauth.authorizer,
+            "installation_store": oauth.installations,
+            "oauth_settings": oauth.settings,
+            "oauth_flow": oauth.flow,
+            "user_facing_authorize_error_message": NOT_INSTALLED,
+        }
         self.app = AsyncApp(
             # Tokenless: bolt then authorises with ``authorize`` (one auth.test per
             # workspace) instead of an auth.test per request until the first answers.
             client=AsyncWebClient(base_url=client.base_url, timeout=client.timeout, logger=client.logger),
-            authorize=self.authorizer,
             signing_secret=signing_secret or "",
             request_verification_enabled=False,  # bots.slack.http verifies, without logging bodies
             logger=logging.getLogger("parley.slack.bolt"),
+            **authorization,
         )
+        if oauth is not None:
+            self.app.enable_token_revocation_listeners()
         for name in slash_commands():
             self.app.command(f"/{name}")(self.on_command)
         self.app.event("app_mention")(self.on_mention)
@@ -149,7 +169,12 @@ class SlackFront(Requests):
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Check the token with Slack, learn the granted scopes, and close what a restart left open."""
+        """Check the token with Slack, learn the granted scopes, and close what a restart left open.
+        Installed in many workspaces, each workspace's installation says these: only the restart's
+        leftovers are closed here."""
+        if self.oauth is not None:
+            await self.oauth.recover()
+            return
         try:
             resp = await self.client.auth_test()
         except SlackApiError as e:
@@ -169,7 +194,33 @@ class SlackFront(Requests):
 
     def web_app(self) -> web.Application:
         return http.web_app(self.app, self.signing_secret, lambda: len(self.tasks),
-                            ops.routes(self.services, lambda: len(self.tasks)))
+                            ops.routes(self.services, lambda: len(self.tasks)),
+                            installs=self.oauth.routes() if self.oauth is not None else None)
+
+    # --- which bot, in which workspace ------------------------------------------------------------
+    def client_for(self, team: str | None) -> AsyncWebClient:
+        """The Web API client for ``team``: the one bot token's, or that workspace's installation's."""
+        return self.client if self.oauth is None else self.oauth.client(team)
+
+    async def identity(self, team: str | None) -> tuple[str | None, bool]:
+        """Parley's bot user in ``team``, and whether it may post under personas' names
+        (``chat:write.customize``)."""
+        if self.oauth is None:
+            return self.bot_user_id, self.customize
+        return await self.oauth.identity(team)
+
+    def admins_for(self, caller: Caller) -> Admins:
+        """Who is an admin in the caller's workspace, asked with that workspace's token."""
+        if self.oauth is None:
+            return self.admins
+        team = caller.workspace.removeprefix(f"{FRONT_END}:")
+        admins = self._team_admins.get(team)
+        if admins is None:
+            admins = self._team_admins[team] = Admins(self.client_for(team))
+            while len(self._team_admins) > 1000:
+                self._team_admins.popitem(last=False)
+        self._team_admins.move_to_end(team)
+        return admins
 
     def workspace(self, team: str | None) -> str:
         return team or self.team_id or "-"
@@ -202,7 +253,7 @@ class SlackFront(Requests):
             for text in alerts:
                 try:
                     await self.budgets(team).post(admin).acquire(0.0)
-                    await self.client.chat_postMessage(channel=admin, text=escape(text))
+                    await self.client_for(team).chat_postMessage(channel=admin, text=escape(text))
                 except SlackApiError as e:
                     log.warning("Slack: could not DM a budget alert to %s (%s)", admin, slack_error(e))
                 except Exception as e:
@@ -260,7 +311,7 @@ class SlackFront(Requests):
     async def _answer(self, req: Request, caller: Caller) -> tuple[str, bool]:
         """A command that is not a discussion, answered by core: (mrkdwn, whether it succeeded)."""
         if req.command in ADMIN_AWARE:
-            caller = await self.admins.check(caller)
+            caller = await self.admins_for(caller).check(caller)
         try:
             doc = (await info.answer(self.services, req, caller=caller)).doc
         except (UsageError, ParleyError) as e:
@@ -281,7 +332,7 @@ class SlackFront(Requests):
             metadata={"channel": command.get("channel_id", ""), "from": "command"},
         )
         try:
-            await self.client.views_open(trigger_id=command.get("trigger_id", ""), view=view)
+            await self.client_for(command.get("team_id")).views_open(trigger_id=command.get("trigger_id", ""), view=view)
         except SlackApiError as e:
             log.warning("Slack: views.open failed (%s)", slack_error(e))
             await respond(
@@ -302,7 +353,7 @@ class SlackFront(Requests):
         for attempt in range(5):
             await budgets.post(channel).acquire(0.0)
             try:
-                resp = await self.client.chat_postMessage(channel=channel, text=parent_text)
+                resp = await self.client_for(team).chat_postMessage(channel=channel, text=parent_text)
                 ts = str(resp["ts"])
                 break
             except SlackApiError as e:
@@ -344,7 +395,7 @@ class SlackFront(Requests):
         thread_ts = event.get("thread_ts")
         if kind not in ("channel", "group") or not thread_ts or thread_ts == event.get("ts"):
             return  # not a reply in a thread
-        if _mentions(event.get("text") or "", self.bot_user_id):
+        if _mentions(event.get("text") or "", (await self.identity(body.get("team_id")))[0]):
             return  # app_mention answers it
         if await self.dedupe.first(body.get("event_id")):
             self.spawn(self._follow_up(event, body.get("team_id")))
@@ -362,13 +413,14 @@ class SlackFront(Requests):
     async def _from_message(self, event: dict[str, Any], team: str | None) -> None:
         channel, user = event["channel"], event.get("user", "")
         thread_ts = event.get("thread_ts") or event["ts"]
-        text = _strip_mention(event.get("text") or "", self.bot_user_id)
+        text = _strip_mention(event.get("text") or "", (await self.identity(team))[0])
+        client = self.client_for(team)
         # A direct message is seen by this person only; a mention in a channel by everyone there.
         caller = self.caller(team, user, channel, private=event.get("channel_type") == "im")
 
         async def ephemeral(message: str) -> None:
             with contextlib.suppress(SlackApiError):
-                await self.client.chat_postEphemeral(
+                await client.chat_postEphemeral(
                     channel=channel, user=user, thread_ts=thread_ts, text=escape(message)
                 )
 
@@ -386,10 +438,10 @@ class SlackFront(Requests):
             answer, ok = await self._answer(req, caller)
             if not ok:  # a refusal (a key typed in a channel, an admin command) only for the one who asked
                 with contextlib.suppress(SlackApiError):
-                    await self.client.chat_postEphemeral(channel=channel, user=user, thread_ts=thread_ts, text=answer)
+                    await client.chat_postEphemeral(channel=channel, user=user, thread_ts=thread_ts, text=answer)
                 return
             await self.budgets(team).post(channel).acquire(0.0)
-            await self.client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=answer)
+            await client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=answer)
             return
         try:
             ticket = self.admit(team, user)
@@ -429,28 +481,32 @@ class SlackFront(Requests):
         caller = self.caller(team, user, channel, private=True)
         title, prompts = await home.suggested_prompts(self.services, caller)
         try:
-            await self.client.assistant_threads_setSuggestedPrompts(channel_id=channel, title=title, prompts=prompts)
+            await self.client_for(team).assistant_threads_setSuggestedPrompts(
+                channel_id=channel, title=title, prompts=prompts
+            )
         except SlackApiError as e:
             log.warning("Slack: setSuggestedPrompts failed (%s)", slack_error(e))
 
     async def publish_home(self, team: str | None, user: str) -> None:
         """Build and publish ``user``'s Home tab (after it opens, and after a change made from it)."""
-        caller = await self.admins.check(self.caller(team, user, "", private=True))
+        caller = self.caller(team, user, "", private=True)
+        caller = await self.admins_for(caller).check(caller)
         view = await home.home_view(self.services, caller)
         try:
-            await self.client.views_publish(user_id=user, view=view)
+            await self.client_for(team).views_publish(user_id=user, view=view)
         except SlackApiError as e:
             log.warning("Slack: views.publish failed (%s)", slack_error(e))
 
     async def on_home_button(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         view = home.opened(self.services, action.get("action_id", ""), {"from": "home"})
         if view is not None:
-            self.spawn(self._open_modal(body.get("trigger_id", ""), view))
+            team = (body.get("team") or {}).get("id") or (body.get("user") or {}).get("team_id")
+            self.spawn(self._open_modal(team, body.get("trigger_id", ""), view))
         await ack()
 
-    async def _open_modal(self, trigger_id: str, view: dict[str, Any]) -> None:
+    async def _open_modal(self, team: str | None, trigger_id: str, view: dict[str, Any]) -> None:
         try:
-            await self.client.views_open(trigger_id=trigger_id, view=view)
+            await self.client_for(team).views_open(trigger_id=trigger_id, view=view)
         except SlackApiError as e:
             log.warning("Slack: views.open failed (%s)", slack_error(e))
 
@@ -466,7 +522,7 @@ class SlackFront(Requests):
         form = None
         try:
             form = home.form(callback_id, values)
-            caller = await self.admins.check(caller, within=SUBMIT_LOOKUP_SECONDS)
+            caller = await self.admins_for(caller).check(caller, within=SUBMIT_LOOKUP_SECONDS)
             answer = await info.answer(self.services, form.request, caller=caller)
         except (UsageError, ParleyError) as e:
             await ack(response_action="errors", errors=home.errors(e, form, callback_id))
@@ -570,16 +626,17 @@ class SlackFront(Requests):
     ) -> None:
         conversation = self.conversation(team, channel, thread_ts)
         made: list[SlackSink] = []
+        _, customize = await self.identity(team)
 
         def make_sink(discussion_id: str) -> SlackSink:
             sink = SlackSink(
-                self.client,
+                self.client_for(team),
                 self.budgets(team),
                 channel,
                 thread_ts,
                 recipient_user_id=user or None,
                 recipient_team_id=team or self.team_id,
-                customize=self.customize,
+                customize=customize,
                 stream_life=STREAM_LIFE if self.stream_life is None else self.stream_life,
             )
             made.append(sink)
@@ -591,7 +648,7 @@ class SlackFront(Requests):
                 grant,
                 conversation=conversation,
                 front_end=FRONT_END,
-                thread=(f"{channel}:{thread_ts}", {"channel": channel, "ts": thread_ts}),
+                thread=(f"{channel}:{thread_ts}", {"channel": channel, "ts": thread_ts, "team": team or self.team_id}),
                 make_sink=make_sink,
                 on_error=on_error,
             )

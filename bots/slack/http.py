@@ -11,6 +11,10 @@ become a flood of log):
 
 Bolt's own verification is off (it would log every refused body at INFO); this
 is the only way into the app over HTTP, so there is exactly one check.
+
+Installed in many workspaces, ``GET /slack/install`` and ``GET /slack/oauth_redirect``
+(``installs``, :meth:`bots.slack.oauth.SlackOAuth.routes`) are served too: a browser
+comes there, not Slack, so they are not signed; bolt's flow checks the install's state.
 """
 
 from __future__ import annotations
@@ -34,11 +38,16 @@ MAX_REQUEST_BYTES = 512 * 1024
 
 
 def web_app(
-    app: AsyncApp, signing_secret: str | None, running: Callable[[], int], ops: list[web.RouteDef] | None = None
+    app: AsyncApp,
+    signing_secret: str | None,
+    running: Callable[[], int],
+    ops: list[web.RouteDef] | None = None,
+    *,
+    installs: list[web.RouteDef] | None = None,
 ) -> web.Application:
-    """The aiohttp application serving ``app``, and ``ops`` (health, readiness, metrics:
-    :func:`core.ops.routes`). Without a signing secret every event is refused (HTTP mode
-    is only served with one)."""
+    """The aiohttp application serving ``app``, ``ops`` (health, readiness, metrics:
+    :func:`core.ops.routes`) and ``installs`` (the OAuth install routes, if any). Without a
+    signing secret every event is refused (HTTP mode is only served with one)."""
     verifier = SignatureVerifier(signing_secret) if signing_secret else None
 
     async def events(request: web.Request) -> web.Response:
@@ -65,6 +74,7 @@ def web_app(
     web_app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     web_app.add_routes([web.post(EVENTS_PATH, events)])
     web_app.add_routes(ops if ops is not None else [web.get("/healthz", healthz)])
+    web_app.add_routes(installs or [])
     return web_app
 
 

@@ -1,7 +1,10 @@
 """``parley slack``: run the Slack app, or print its manifest.
 
 Socket Mode when ``SLACK_APP_TOKEN`` is set, otherwise HTTP on ``/slack/events``
-(and ``/healthz``) on ``SLACK_HOST``:``PORT``. ``parley run`` starts it when :func:`configured`.
+(and ``/healthz``) on ``SLACK_HOST``:``PORT``. With ``SLACK_CLIENT_ID`` and
+``SLACK_CLIENT_SECRET`` instead of ``SLACK_BOT_TOKEN``, Parley is installed in many
+workspaces (HTTP mode, :mod:`bots.slack.oauth`: ``/slack/install`` and
+``/slack/oauth_redirect`` too). ``parley run`` starts it when :func:`configured`.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from aiohttp import web
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bots.slack.app import SlackFront
-from bots.slack.config import SlackSettings, api_url, check_tokens
-from bots.slack.manifest import EVENTS_PATH, manifest
+from bots.slack.config import SlackSettings, api_url, check_oauth, check_tokens, oauth_mode
+from bots.slack.manifest import EVENTS_PATH, INSTALL_PATH, manifest
+from bots.slack.oauth import AccessLogger as OAuthAccessLogger
+from bots.slack.oauth import SlackOAuth
 from core import logs
 from core.config import Settings
 from core.errors import UsageError
@@ -29,8 +34,25 @@ log = logging.getLogger("parley.slack")
 
 
 def configured() -> bool:
-    """Whether a Slack bot token is set (``parley run`` then starts Slack)."""
-    return SlackSettings().bot_token is not None
+    """Whether a Slack bot token (or an app's OAuth credentials) is set (``parley run`` then starts Slack)."""
+    settings = SlackSettings()
+    return settings.bot_token is not None or oauth_mode(settings)
+
+
+def _secret_key(settings: Settings) -> str | None:
+    return settings.secret_key.get_secret_value() if settings.secret_key else None
+
+
+def build_front(services: Services, settings: SlackSettings) -> SlackFront:
+    """The front-end for these settings: one bot token, or installed in many workspaces."""
+    if oauth_mode(settings):
+        _, _, signing = check_oauth(settings, secret_key=_secret_key(services.settings))
+        oauth = SlackOAuth.from_settings(services.store, settings, _secret_key(services.settings))
+        client = AsyncWebClient(base_url=api_url(settings), timeout=30)  # no token: each workspace has its own
+        return SlackFront(services, client, signing_secret=signing, oauth=oauth)
+    bot, app_token, secret = check_tokens(settings, http=True)
+    client = AsyncWebClient(token=bot, base_url=api_url(settings), timeout=30)
+    return SlackFront(services, client, signing_secret=None if app_token else secret)
 
 
 async def serve(
@@ -38,9 +60,8 @@ async def serve(
 ) -> None:
     """Run until cancelled: Socket Mode with an app token, else HTTP."""
     settings = settings or SlackSettings()
-    bot, app_token, secret = check_tokens(settings, http=True)
-    client = AsyncWebClient(token=bot, base_url=api_url(settings), timeout=30)
-    front = SlackFront(services, client, signing_secret=None if app_token else secret)
+    front = build_front(services, settings)
+    app_token = None if oauth_mode(settings) else check_tokens(settings, http=True)[1]
     await front.start()
     try:
         if app_token:
@@ -56,12 +77,15 @@ async def serve(
             finally:
                 await handler.close_async()
         else:
-            runner = web.AppRunner(front.web_app())
+            quiet = {"access_log_class": OAuthAccessLogger} if front.oauth is not None else {}
+            runner = web.AppRunner(front.web_app(), **quiet)  # type: ignore[arg-type]
             await runner.setup()
             port = settings.port if port is None else port
             site = web.TCPSite(runner, settings.host, port)
             await site.start()
             log.info("Slack: listening on %s:%d%s", settings.host, port, EVENTS_PATH)
+            if front.oauth is not None:
+                log.info("Slack: installs start at %s (one bot token per workspace)", INSTALL_PATH)
             try:
                 await asyncio.Event().wait()
             finally:
@@ -77,6 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--request-url", help="manifest: the public https URL of /slack/events (HTTP mode)")
     p.add_argument("--socket-mode", action="store_true", help="manifest: Socket Mode (no public URL needed)")
     p.add_argument(
+        "--oauth",
+        action="store_true",
+        help="manifest: installed in many workspaces (SLACK_CLIENT_ID): adds the Redirect URL next to "
+        "--request-url",
+    )
+    p.add_argument(
         "--followups",
         action="store_true",
         help="manifest: follow-ups without a mention in Parley's threads (reads channel messages; "
@@ -84,19 +114,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = p.parse_args(list(argv or []))
     if args.what == "manifest":
+        if args.oauth and (args.socket_mode or not args.request_url):
+            print("parley: --oauth needs --request-url (HTTP mode): Slack redirects installers there", file=sys.stderr)
+            return 2
         if not args.socket_mode and not args.request_url:
             args.socket_mode = True
         print(
             json.dumps(
-                manifest(socket_mode=args.socket_mode, request_url=args.request_url, followups=args.followups),
+                manifest(socket_mode=args.socket_mode, request_url=args.request_url, followups=args.followups,
+                         oauth=args.oauth),
                 indent=2,
                 ensure_ascii=False,
             )
         )
         return 0
     slack = SlackSettings()
-    check_tokens(slack, http=True)
+    if not oauth_mode(slack):
+        check_tokens(slack, http=True)
     settings = Settings()
+    if oauth_mode(slack):
+        check_oauth(slack, secret_key=_secret_key(settings))
     logs.configure(settings.log_format)
 
     async def go() -> None:

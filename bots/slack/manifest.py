@@ -21,6 +21,10 @@ from typing import Any
 from core.commands import COMMANDS, UMBRELLA
 
 EVENTS_PATH = "/slack/events"
+#: Installing in many workspaces (bots/slack/oauth.py): where an install starts, and where Slack
+#: sends the installer's browser back (the app's Redirect URL).
+INSTALL_PATH = "/slack/install"
+REDIRECT_PATH = "/slack/oauth_redirect"
 
 #: Bot scopes and why each is needed.
 BOT_SCOPES = {
@@ -62,9 +66,21 @@ def bot_events(*, followups: bool = False) -> list[str]:
     return [*BOT_EVENTS, *(FOLLOWUP_EVENTS if followups else [])]
 
 
-def manifest(*, socket_mode: bool, request_url: str | None = None, followups: bool = False) -> dict[str, Any]:
+def redirect_url(request_url: str) -> str:
+    """The OAuth Redirect URL next to a request URL (``…/slack/events`` → ``…/slack/oauth_redirect``)."""
+    base = request_url.rstrip("/").removesuffix(EVENTS_PATH)
+    return base + REDIRECT_PATH
+
+
+def manifest(
+    *, socket_mode: bool, request_url: str | None = None, followups: bool = False, oauth: bool = False
+) -> dict[str, Any]:
+    """``oauth``: for installing in many workspaces (HTTP mode only): the Redirect URL next to
+    the request URL is added to ``oauth_config``."""
     if not socket_mode and not request_url:
         raise ValueError("HTTP mode needs the public request URL of /slack/events")
+    if oauth and (socket_mode or not request_url):
+        raise ValueError("installing in many workspaces needs HTTP mode and the public request URL")
     url = {} if socket_mode else {"url": request_url}
     commands = []
     for name in slash_commands():
@@ -114,6 +130,9 @@ def manifest(*, socket_mode: bool, request_url: str | None = None, followups: bo
             "agent_view": {"agent_description": AGENT_DESCRIPTION[:300]},
             "slash_commands": commands,
         },
-        "oauth_config": {"scopes": {"bot": bot_scopes(followups=followups)}},
+        "oauth_config": {
+            "scopes": {"bot": bot_scopes(followups=followups)},
+            **({"redirect_urls": [redirect_url(request_url or "")]} if oauth else {}),
+        },
         "settings": settings,
     }

@@ -19,21 +19,34 @@ Messages keep their ``blocks``; every message, update, stream stop, response_url
 and App Home is checked against Block Kit's published limits by :func:`block_errors`
 and refused with ``invalid_blocks`` as Slack does. ``assistant.threads.setStatus`` and
 ``setSuggestedPrompts`` are recorded in ``statuses`` and ``suggested``.
+
+Installing in many workspaces (OAuth v2, https://docs.slack.dev/authentication/installing-with-oauth):
+with ``client_id``/``client_secret`` set, ``GET /oauth/v2/authorize`` stands for the person who
+approves the install in their workspace (the ``team`` query parameter, or ``installing``): it
+mints a single-use code and redirects the browser to ``redirect_url`` (the app's configured
+Redirect URL) with that code and the ``state`` it was given. ``oauth.v2.access`` (client
+credentials by HTTP Basic auth) exchanges the code for a bot token of that workspace, or, with
+``rotation`` (token rotation on: ``expires_in`` seconds), a refresh token for a new one. Each
+workspace's bot token answers as that workspace (``auth.test``; ``Call.team`` records which
+workspace's token made every call); :meth:`FakeSlackAPI.uninstall` revokes a workspace's
+tokens as Slack does when the app is removed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import itertools
 import json
 import math
+import secrets
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import WSMsgType, web
 
@@ -45,6 +58,7 @@ class Call:
     t: float
     status: int = 200
     error: str | None = None
+    team: str | None = None  # the workspace whose token made the call
 
 
 @dataclass
@@ -109,6 +123,21 @@ class FakeSlackAPI:
         self.statuses: list[dict[str, Any]] = []  # assistant.threads.setStatus arguments, in order
         self.suggested: list[dict[str, Any]] = []  # assistant.threads.setSuggestedPrompts arguments
         self.invalid: list[tuple[str, list[str]]] = []  # (where, errors) of every refused Block Kit payload
+        # Workspaces: the one of ``bot_token`` and those installed through OAuth
+        self.teams: dict[str, dict[str, str]] = {
+            "T0TEST": {"name": "Parley Test", "bot_user_id": "UBOT", "bot_id": "BBOT"}
+        }
+        self.tokens: dict[str, str] = {}  # bot tokens minted by installs -> workspace
+        self.revoked: set[str] = set()
+        # OAuth v2
+        self.client_id: str | None = None
+        self.client_secret: str | None = None
+        self.redirect_url: str | None = None  # the app's configured Redirect URL
+        self.installing = "T0TEST"  # the workspace the next approval is for (without ?team=)
+        self.rotation: int | None = None  # token rotation on: seconds an access token lives
+        self.authorizations: list[dict[str, str]] = []  # the query of every /oauth/v2/authorize
+        self._codes: dict[str, dict[str, str]] = {}  # code -> {"team", "scope", "user"}
+        self._refresh: dict[str, str] = {}  # refresh token -> workspace
 
     # --- server ---------------------------------------------------------------------------------------
     @property
@@ -125,6 +154,7 @@ class FakeSlackAPI:
             [
                 web.post("/api/{method}", self._api),
                 web.get("/api/{method}", self._api),  # slack_sdk sends users.info as a GET
+                web.get("/oauth/v2/authorize", self._authorize),
                 web.post("/hooks/{hook}", self._hook),
                 web.get("/link", self._socket),
                 web.get("/_dump", self._dump),
@@ -234,13 +264,17 @@ class FakeSlackAPI:
         call = Call(method, args, time.monotonic())
         if method in self.delays:
             await asyncio.sleep(self.delays[method])
+        if method == "oauth.v2.access":
+            return self._reply(call, *self._oauth_access(request, args))
         token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() or args.get("token")
         if method == "apps.connections.open":
             if token != self.app_token:
                 return self._reply(call, {"ok": False, "error": "invalid_auth"})
             return self._reply(call, {"ok": True, "url": f"ws://127.0.0.1:{self.port}/link"})
-        if token != self.bot_token or (self.auth_error and method == "auth.test"):
-            return self._reply(call, {"ok": False, "error": self.auth_error or "invalid_auth"})
+        call.team = "T0TEST" if token == self.bot_token else self.tokens.get(str(token)) if token else None
+        if call.team is None or (self.auth_error and method == "auth.test"):
+            error = "token_revoked" if token in self.revoked else "invalid_auth"
+            return self._reply(call, {"ok": False, "error": self.auth_error or error})
         if self.ratelimit_next[method] > 0:
             self.ratelimit_next[method] -= 1
             return self._reply(
@@ -258,26 +292,110 @@ class FakeSlackAPI:
             return self._reply(call, {"ok": False, "error": "is_archived"})
         if method in self.fail_next:
             return self._reply(call, {"ok": False, "error": self.fail_next.pop(method)})
+        if method == "auth.test":
+            body, headers = self._auth_test(call.team)
+            return self._reply(call, body, headers=headers)
         handler = getattr(self, "_m_" + method.replace(".", "_"), None)
         if handler is None:
             return self._reply(call, {"ok": False, "error": "unknown_method"})
         body, headers = handler(args)
         return self._reply(call, body, headers=headers)
 
-    def _m_auth_test(self, args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    def _auth_test(self, team: str) -> tuple[dict[str, Any], dict[str, str]]:
+        info = self.teams[team]
         return (
             {
                 "ok": True,
-                "url": "https://parley-test.slack.com/",
-                "team": "Parley Test",
+                "url": f"https://{team.lower()}.slack.com/",
+                "team": info["name"],
                 "user": "parley",
-                "team_id": "T0TEST",
-                "user_id": "UBOT",
-                "bot_id": "BBOT",
+                "team_id": team,
+                "user_id": info["bot_user_id"],
+                "bot_id": info["bot_id"],
                 "is_enterprise_install": False,
             },
-            {"x-oauth-scopes": self.scopes},
+            {"x-oauth-scopes": info.get("scopes", self.scopes)},
         )
+
+    # --- OAuth v2 ----------------------------------------------------------------------------------------
+    async def _authorize(self, request: web.Request) -> web.Response:
+        """The person installing approves: back to the app's Redirect URL with a code and the state."""
+        q = dict(request.query)
+        self.authorizations.append(q)
+        self.changed.set()
+        if self.client_id is None or q.get("client_id") != self.client_id:
+            return web.Response(status=400, text="invalid_client_id")
+        redirect = q.get("redirect_uri") or self.redirect_url
+        if not redirect:
+            return web.Response(status=400, text="no redirect URL configured")
+        code = f"{int(time.time())}.{secrets_hex(12)}"
+        self._codes[code] = {"team": q.get("team") or self.installing, "scope": q.get("scope", ""), "user": "U1"}
+        sep = "&" if "?" in redirect else "?"
+        raise web.HTTPFound(f"{redirect}{sep}{urlencode({'code': code, 'state': q.get('state', '')})}")
+
+    def mint(self, team: str, scope: str | None = None) -> str:
+        """A new bot token for ``team`` (its workspace is created if new)."""
+        n = len(self.teams)
+        info = self.teams.setdefault(team, {"name": f"Team {team}", "bot_user_id": f"UBOT{n}", "bot_id": f"BBOT{n}"})
+        if scope is not None:
+            info["scopes"] = scope
+        token = f"xoxb-{n}-{secrets_hex(10)}"
+        self.tokens[token] = team
+        return token
+
+    def uninstall(self, team: str) -> None:
+        """The app is removed from ``team``: its tokens answer ``token_revoked`` from now on."""
+        for token, t in list(self.tokens.items()):
+            if t == team:
+                del self.tokens[token]
+                self.revoked.add(token)
+        for refresh, t in list(self._refresh.items()):
+            if t == team:
+                del self._refresh[refresh]
+
+    def _oauth_access(self, request: web.Request, args: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        client_id, _, client_secret = _basic(request.headers.get("Authorization", ""))
+        client_id = client_id or args.get("client_id", "")
+        client_secret = client_secret or args.get("client_secret", "")
+        if self.client_id is None or client_id != self.client_id:
+            return {"ok": False, "error": "invalid_client_id"}, 200
+        if client_secret != self.client_secret:
+            return {"ok": False, "error": "bad_client_secret"}, 200
+        if args.get("grant_type") == "refresh_token":
+            team = self._refresh.get(str(args.get("refresh_token")))
+            if team is None:
+                return {"ok": False, "error": "invalid_refresh_token"}, 200
+            old = [t for t, w in self.tokens.items() if w == team]
+            token = self.mint(team)
+            for t in old:  # the new token replaces the old one at once (the fake is strict)
+                del self.tokens[t]
+                self.revoked.add(t)
+            return {"ok": True, "token_type": "bot", "access_token": token,
+                    "refresh_token": args["refresh_token"], "expires_in": 43_200,
+                    "team": {"id": team}}, 200
+        grant = self._codes.pop(str(args.get("code")), None)  # single use
+        if grant is None:
+            return {"ok": False, "error": "invalid_code"}, 200
+        team = grant["team"]
+        token = self.mint(team, grant["scope"])
+        info = self.teams[team]
+        body: dict[str, Any] = {
+            "ok": True,
+            "app_id": "A0TEST",
+            "authed_user": {"id": grant["user"]},
+            "scope": grant["scope"],
+            "token_type": "bot",
+            "access_token": token,
+            "bot_user_id": info["bot_user_id"],
+            "team": {"id": team, "name": info["name"]},
+            "enterprise": None,
+            "is_enterprise_install": False,
+        }
+        if self.rotation is not None:
+            refresh = f"xoxe-1-{secrets_hex(12)}"
+            self._refresh[refresh] = team
+            body |= {"refresh_token": refresh, "expires_in": self.rotation}
+        return body, 200
 
     def _blocks(self, method: str, args: dict[str, Any], surface: str = "message") -> list[dict[str, Any]] | str:
         """The call's blocks (JSON or a form-encoded string), or ``invalid_blocks``."""
@@ -535,6 +653,20 @@ class FakeSlackAPI:
         finally:
             sender.cancel()
         return ws
+
+
+def secrets_hex(n: int) -> str:
+    return secrets.token_hex(n)
+
+
+def _basic(header: str) -> tuple[str, str, str]:
+    """``(client_id, ":", client_secret)`` of an HTTP Basic ``Authorization`` header (empty if none)."""
+    if not header.startswith("Basic "):
+        return "", "", ""
+    try:
+        return base64.b64decode(header.removeprefix("Basic ").strip()).decode().partition(":")
+    except ValueError:
+        return "", "", ""
 
 
 def sign(secret: str, body: str, timestamp: int | None = None) -> dict[str, str]:
