@@ -108,7 +108,7 @@ def suggest(word: str, choices: Iterable[str], what: str) -> str:
 
 _SECRET_VALUES: set[str] = set()
 _SECRET_PATTERNS = re.compile(
-    r"(sk-[A-Za-z0-9_\-]{8,}|xox[abposr]-[A-Za-z0-9\-]{6,}|xapp-[A-Za-z0-9\-]{6,}"
+    r"(sk-[A-Za-z0-9_\-]{8,}|xox[abposre]-[A-Za-z0-9\-]{6,}|xapp-[A-Za-z0-9\-]{6,}"
     r"|AIza[0-9A-Za-z_\-]{20,}|gsk_[A-Za-z0-9]{10,}|Bearer\s+[A-Za-z0-9._\-]{8,})"
 )
 
