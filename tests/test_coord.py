@@ -428,6 +428,9 @@ async def test_a_slack_event_retried_to_another_replica_is_handled_once(
                     await front.idle()
                 answers = [m for m in slack.thread("C2", "1800000100.000100") if "`one/" in m.text]
                 spawned = [f.spawned for f, _, _ in replicas]
+                # Each replica's Slack budgets for the workspace draw on the shared ones (or not).
+                for front, _, _ in replicas:
+                    assert (front.workspaces.get("T0TEST")["chat.update"].shared is not None) is shared
                 if shared:
                     assert decisions == [(0, True), (1, False)]
                     assert spawned == [1, 0] and len(answers) == 1
@@ -464,6 +467,8 @@ async def test_a_discord_interaction_delivered_to_two_processes_is_handled_once(
         for f in fronts:
             await f.idle()
         assert sorted(h[1] for h in handled) == [1234567890123456789, 1234567890123456790]
+        # Both processes' global and channel buckets are the shared ones.
+        assert all(f.budgets.bot.shared is not None and f.budgets.channel(7).shared is not None for f in fronts)
     finally:
         for f in fronts:
             await f.client.close()

@@ -173,7 +173,8 @@ class DiscordFront(Requests):
     ) -> None:
         self.services = services
         self.client = client
-        self.budgets = budgets or ChannelBudgets()
+        # With PARLEY_REDIS_URL every shard process draws from one global bucket and one per channel.
+        self.budgets = (budgets or ChannelBudgets()).share(services.coord)
         self.admission = Admission.from_settings(services.settings)
         self.dedupe = Dedupe(services.coord, "discord:interaction", ttl=INTERACTION_TTL)
         super().__init__()

@@ -124,7 +124,8 @@ class SlackFront(Requests):
         self.make_budgets = budgets
         self.stream_life = stream_life
         self.workspaces: IdleMap[str, WorkspaceBudgets] = IdleMap(
-            lambda _: self.make_budgets(), WorkspaceBudgets.idle
+            # With PARLEY_REDIS_URL every replica draws from one budget per workspace and method.
+            lambda team: self.make_budgets().share(services.coord, team), WorkspaceBudgets.idle
         )
         self.admission = Admission.from_settings(services.settings)
         self.dedupe = Dedupe(services.coord)
