@@ -399,13 +399,13 @@ async def test_keys_typed_in_public_are_refused_and_private_ones_are_used(
     gov: GovRig, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    leaked = "sk-" + secrets.token_urlsafe(30)
+    leaked = "sk-" + secrets.token_hex(24)
     await gov.run(lambda: gov.say(f"keys set provider:one {leaked}"))
     told = gov.replies()[-1]
     assert told == PASTED and "rotate" in told
     assert list(gov.services.store.db.table("provider_keys").rows) == []
     # Given privately (a /keys set interaction: only the person sees it), it is stored, sealed.
-    mine = "sk-" + secrets.token_urlsafe(30)
+    mine = "sk-" + secrets.token_hex(24)
     await gov.run(lambda: gov.command("keys", "set", {"key": mine, "provider": "one"}))
     assert gov.answer().startswith(f"✅ Saved your one key ending …{mine[-4:]}, encrypted")
     [row] = gov.services.store.db.table("provider_keys").rows
@@ -418,7 +418,7 @@ async def test_keys_typed_in_public_are_refused_and_private_ones_are_used(
     await gov.run(lambda: gov.command("ask", None, {"prompt": "And mine?", "provider": "one"}, by=gov.admin_id))
     assert bearer(gov.llm.requests[-1].headers) == f"Bearer {ENV_KEY}"
     # A DM is private too: a key given there is kept (for that person's DMs with the bot).
-    dm_key = "sk-" + secrets.token_urlsafe(30)
+    dm_key = "sk-" + secrets.token_hex(24)
     await gov.run(lambda: gov.direct(f"keys set provider:two {dm_key}"))
     assert gov.api.dm_messages(gov.user_id)[-1].content.startswith("✅ Saved your two key")
     assert {r["workspace"] for r in gov.services.store.db.table("provider_keys").rows} == {
