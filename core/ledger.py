@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -162,11 +163,14 @@ class Ledger:
 async def recover(
     store: Store, front_end: str, mark: Callable[[dict[str, Any], str], Awaitable[None]]
 ) -> int:
-    """At start-up: edit every message a previous process of ``front_end`` left open to say
-    it was interrupted (``mark(ref, shown_text)``), and close it. Returns how many were marked."""
-    store.mark_interrupted([front_end])
+    """Edit every message that dead processes of ``front_end`` left open to say it was
+    interrupted (``mark(ref, shown_text)``), and close it. Returns how many were marked.
+
+    Run at start-up (a previous process of this one) and every :attr:`Store.check_every`
+    by :func:`watch` (a replica that died): :meth:`Store.take_over` claims each run and
+    message for one survivor only."""
     n = 0
-    for post in store.open_posts(front_end):
+    for post in await store.take_over(front_end):
         if post.pop("discussion_status", None) not in ("running", "interrupted", None):
             # The discussion ended; only closing its bookkeeping was cut short.
             store.close_posts([post["id"]])
@@ -177,4 +181,27 @@ async def recover(
         except Exception as e:  # keep going: one deleted message must not block the rest
             log.warning("could not mark post %s interrupted: %s", post["id"], redact(str(e)))
         store.close_posts([post["id"]])
+    if n:
+        log.info("took over %d open message(s) that a stopped process left", n)
     return n
+
+
+async def watch(
+    store: Store,
+    front_end: str,
+    mark: Callable[[dict[str, Any], str], Awaitable[None]],
+    *,
+    also: Callable[[], Any] | None = None,
+) -> None:
+    """Until cancelled: every :attr:`Store.check_every` (a sixth of the lease, jittered so that
+    replicas do not all look at once), :func:`recover` what dead replicas of ``front_end`` left,
+    then ``also()`` (the budget reservations they held). Errors are logged, never raised: a store
+    that is down for a while only delays the takeover."""
+    while True:
+        await asyncio.sleep(store.check_every * random.uniform(0.75, 1.0))
+        try:
+            await recover(store, front_end, mark)
+            if also is not None:
+                also()
+        except Exception as e:
+            log.warning("could not take over a stopped process's runs: %s", redact(repr(e)))

@@ -265,3 +265,16 @@ def m009_slack_installations(db: sqlite_utils.Database) -> None:
     # The OAuth state of an install under way: its SHA-256 only, used once, until it expires.
     db.table("slack_oauth_states").create({"digest": str, "expires_at": float}, pk="digest")
     db.table("slack_oauth_states").create_index(["expires_at"])
+
+
+@migration
+def m010_takeover(db: sqlite_utils.Database) -> None:
+    # When each process started (its boot and start tick on Linux), so that a new process that
+    # got a dead one's pid (a restarted container is pid 1 again) is not taken for it.
+    db.table("instances").add_column("boot", str)
+    # The live process that took over an open message of a dead one and is editing it: another
+    # survivor leaves it alone unless that process dies too.
+    db.table("posts").add_column("claimer", str)
+    # A request to stop a running discussion, from whichever replica received it; the owner
+    # watches for it (at once through Redis, otherwise at its next check).
+    db.table("discussions").add_column("stop_requested", str)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from core.config import Settings
+from core import ledger
 from core.coord import Coordinator, LocalCoordinator, coordinator
 from core.discussion import Engine
 from core.governance import Governance
@@ -31,8 +36,30 @@ class Services:
     metrics: Metrics
     #: What replicas share (rate budgets, 429 pauses, event dedupe): Redis with PARLEY_REDIS_URL.
     coord: Coordinator = field(default_factory=LocalCoordinator)
+    #: Work that lives as long as the services (the takeover watch), cancelled first at close.
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def keep(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
+
+    async def take_over(self, front_end: str, mark: Callable[[dict[str, Any], str], Awaitable[None]]) -> int:
+        """At a front-end's start: edit what dead processes of ``front_end`` left open
+        (``mark(ref, shown)``) and settle their budget reservations, then keep doing so every
+        sixth of the lease while this process runs (:func:`core.ledger.watch`), so that a
+        replica that dies is taken over by a survivor, not only by its own restart."""
+        n = await ledger.recover(self.store, front_end, mark)
+        self.keep(ledger.watch(self.store, front_end, mark, also=self.governance.db.settle_orphans))
+        return n
 
     async def aclose(self) -> None:
+        for task in list(self.background):
+            task.cancel()
+        for task in list(self.background):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         await self.governance.aclose()
         await self.registry.aclose()
         await self.http.aclose()

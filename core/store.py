@@ -15,6 +15,7 @@ share one database without stopping each other's live work.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import socket
@@ -35,6 +36,7 @@ from core.records import HealthMark, PastDiscussion, PastTurn, new_id, now_iso
 from core.sql import PgConnection, describe, is_postgres
 
 HOST = socket.gethostname()
+log = logging.getLogger("parley.store")
 INTERRUPTED = "Interrupted: Parley restarted while this discussion was running. Ask again to rerun it."
 
 
@@ -52,6 +54,24 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started, as ``boot id:start tick`` (Linux's /proc), or None where
+    that cannot be read. A process that later gets the same pid (a restarted container is
+    pid 1 again, on the same hostname) has another start, so it is not taken for the old one."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        ticks = stat.rsplit(")", 1)[1].split()[19]  # field 22, starttime (the name may hold spaces)
+    except (OSError, IndexError):
+        return None
+    return f"{boot}:{ticks}"
+
+
+#: What share of the lease a heartbeat may be late before its process counts as gone, and how
+#: often survivors look: a dead process's runs are taken over within one lease of its last beat.
+STALE_SHARE, CHECK_SHARE = 5 / 6, 1 / 6
 
 
 class Store:
@@ -72,13 +92,9 @@ class Store:
         self.migrate()
         #: This process, as the owner of the discussions it starts.
         self.instance_id = uuid.uuid4().hex[:16]
+        self.boot = process_start(os.getpid())
         self.writer = Writer(self.path, tick=max(0.05, lease / 3), on_tick=self._beat)
-        now = time.time()
-        self.writer.call(
-            lambda db: db.table("instances").insert(
-                {"id": self.instance_id, "host": HOST, "pid": os.getpid(), "started_at": now_iso(), "heartbeat": now}
-            )
-        )
+        self.writer.call(self._enter)
 
     # --- schema -------------------------------------------------------------
     def migrate(self) -> list[str]:
@@ -154,26 +170,45 @@ class Store:
         return self._read()
 
     # --- instances: who owns what ------------------------------------------------------
-    def _beat(self, db: sqlite_utils.Database) -> None:
-        db.execute("update instances set heartbeat = ? where id = ?", [time.time(), self.instance_id])
+    def _enter(self, db: sqlite_utils.Database) -> None:
+        row = {"id": self.instance_id, "host": HOST, "pid": os.getpid(), "started_at": now_iso(),
+               "heartbeat": time.time(), "boot": self.boot}
+        db.table("instances").insert(row)
 
-    def live_owners(self) -> set[str]:
-        """Instances whose heartbeat is fresh and whose process, on this host, still exists."""
-        cutoff = time.time() - self.lease
-        live = set()
-        for r in self._read().query("select id, host, pid, heartbeat from instances"):
-            if r["heartbeat"] is None or r["heartbeat"] < cutoff:
+    def _beat(self, db: sqlite_utils.Database) -> None:
+        cur = db.execute("update instances set heartbeat = ? where id = ?", [time.time(), self.instance_id])
+        if cur.rowcount == 0:
+            # Taken for dead (stalled longer than the lease, or cut off from the database) and
+            # pruned: its runs were handed over; it is alive again for what it starts next.
+            log.warning("this process's heartbeat was missed for longer than the lease; it rejoins")
+            self._enter(db)
+
+    @property
+    def check_every(self) -> float:
+        """How often a survivor looks for dead processes' runs (:meth:`take_over`)."""
+        return self.lease * CHECK_SHARE
+
+    def _live(self, rows: Iterable[dict[str, Any]]) -> set[str]:
+        cutoff = time.time() - self.lease * STALE_SHARE
+        live = {self.instance_id}
+        for r in rows:
+            if r["id"] == self.instance_id or r["heartbeat"] is None or r["heartbeat"] < cutoff:
                 continue
-            if r["host"] == HOST and r["id"] != self.instance_id and not _pid_alive(int(r["pid"] or 0)):
-                continue
+            if r["host"] == HOST:  # on this host, a process that has exited is gone at once
+                pid = int(r["pid"] or 0)
+                if not _pid_alive(pid):
+                    continue
+                started = process_start(pid)
+                if r.get("boot") and started and started != r["boot"]:
+                    continue  # its pid now belongs to another process
             live.add(r["id"])
         return live
 
-    def _orphans(self, where: str, args: list[Any]) -> list[str]:
-        """Running discussions matching ``where`` whose owner is gone."""
-        live = self.live_owners()
-        rows = self._read().query(f"select id, owner from discussions where status = 'running' and {where}", args)
-        return [r["id"] for r in rows if r["owner"] not in live]
+    def live_owners(self, db: sqlite_utils.Database | None = None) -> set[str]:
+        """Instances whose heartbeat is fresh and whose process, on this host, still exists
+        (``db``: read on that connection, inside its transaction)."""
+        conn = (db or self._read()).conn
+        return self._live(rows_of(conn, "select id, host, pid, heartbeat, boot from instances"))
 
     # --- discussions ----------------------------------------------------------
     def start_discussion(
@@ -221,33 +256,70 @@ class Store:
     def discussion(self, did: str) -> dict[str, Any]:
         return dict(self._read().table("discussions").get(did))
 
-    def mark_interrupted(self, front_ends: Iterable[str]) -> list[str]:
-        """At start-up of a front-end: its discussions still 'running' whose owner is gone
-        were cut off (a restart, a crash, kill -9). A discussion another live process
-        owns is never touched, whatever front-end it belongs to."""
-        fe = list(front_ends)
-        if not fe:
-            return []
-        ids = self._orphans(f"front_end in ({','.join('?' * len(fe))})", fe)
+    def _interrupt(self, db: sqlite_utils.Database, front_ends: list[str], live: set[str]) -> list[str]:
+        """In the caller's write transaction: mark interrupted the running discussions of
+        ``front_ends`` whose owner is not in ``live``, with their running turns."""
+        marks = ",".join("?" * len(front_ends))
+        rows = rows_of(db.conn, f"select id, owner from discussions where status = 'running' and front_end in ({marks})",
+                       front_ends)
+        ids = [r["id"] for r in rows if r["owner"] not in live]
         if not ids:
             return []
         idm = ",".join("?" * len(ids))
         at = now_iso()
-
-        def mark(db: sqlite_utils.Database) -> None:
-            db.execute(
-                "update turns set status='failed', error_kind=?, error_message=?, finished_at=? "
-                f"where status='running' and discussion_id in ({idm})",
-                [str(ErrorKind.INTERRUPTED), INTERRUPTED, at, *ids],
-            )
-            db.execute(
-                f"update discussions set status='interrupted', message=?, finished_at=? "
-                f"where status='running' and id in ({idm})",
-                [INTERRUPTED, at, *ids],
-            )
-
-        self.writer.call(mark)
+        db.execute(
+            "update turns set status='failed', error_kind=?, error_message=?, finished_at=? "
+            f"where status='running' and discussion_id in ({idm})",
+            [str(ErrorKind.INTERRUPTED), INTERRUPTED, at, *ids],
+        )
+        db.execute(
+            f"update discussions set status='interrupted', message=?, finished_at=? "
+            f"where status='running' and id in ({idm})",
+            [INTERRUPTED, at, *ids],
+        )
         return ids
+
+    def mark_interrupted(self, front_ends: Iterable[str]) -> list[str]:
+        """Discussions of ``front_ends`` still 'running' whose owner is gone were cut off (a
+        restart, a crash, kill -9): mark them interrupted. A discussion another live process
+        owns is never touched, whatever front-end it belongs to."""
+        fe = list(front_ends)
+        if not fe:
+            return []
+
+        def fn(db: sqlite_utils.Database) -> list[str]:
+            db.conn.execute("BEGIN IMMEDIATE")
+            return self._interrupt(db, fe, self.live_owners(db))
+
+        return list(self.writer.call(fn))
+
+    async def take_over(self, front_end: str) -> list[dict[str, Any]]:
+        """What dead processes of ``front_end`` left, claimed by this one in one write
+        transaction, so that two survivors never both take the same run: their running
+        discussions are marked interrupted, and their open messages are returned (each with
+        its ``discussion_status``) for this process to edit and then :meth:`close_posts`.
+        A message claimed by a process that died while editing it is claimed again.
+        Instances silent for ten leases are forgotten."""
+
+        def fn(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+            db.conn.execute("BEGIN IMMEDIATE")
+            live = self.live_owners(db)
+            self._interrupt(db, [front_end], live)
+            rows = rows_of(
+                db.conn,
+                "select p.*, d.status as discussion_status, d.owner as owner from posts p "
+                "left join discussions d on d.id = p.discussion_id where p.front_end = ? and p.open = 1",
+                [front_end],
+            )
+            others = live - {self.instance_id}
+            mine = [r for r in rows if r.pop("owner") not in live and r.pop("claimer") not in others]
+            if mine:
+                db.execute(f"update posts set claimer = ? where id in ({','.join('?' * len(mine))})",
+                           [self.instance_id, *(r["id"] for r in mine)])
+            db.execute("delete from instances where heartbeat < ?", [time.time() - 10 * self.lease])
+            return mine
+
+        return list(await self.writer.acall(fn))
 
     # --- turns ------------------------------------------------------------------
     def start_turn(self, did: str, seq: int, turn: TurnInfo, prompt: str) -> None:
@@ -411,21 +483,8 @@ class Store:
         return list(self._read().table("posts").rows_where(where, [discussion_id], order_by="created_at"))
 
     def open_posts(self, front_end: str) -> list[dict[str, Any]]:
-        """Open messages of ``front_end`` that nobody alive is writing: their discussion
-        is over, or its owner is gone (``discussion_status`` says which)."""
-        live = self.live_owners()
-        rows = self._read().query(
-            "select p.*, d.status as discussion_status, d.owner as owner from posts p "
-            "left join discussions d on d.id = p.discussion_id where p.front_end = ? and p.open = 1",
-            [front_end],
-        )
-        out = []
-        for r in rows:
-            if r["discussion_status"] == "running" and r.pop("owner") in live:
-                continue
-            r.pop("owner", None)
-            out.append(r)
-        return out
+        """Open messages of ``front_end`` (for inspection and tests: :meth:`take_over` claims them)."""
+        return list(self._read().table("posts").rows_where("front_end = ? and open = 1", [front_end]))
 
     # --- small facts kept across restarts ------------------------------------------------
     def get_meta(self, key: str) -> str | None:

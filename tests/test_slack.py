@@ -616,6 +616,48 @@ async def test_socket_mode_connects_and_acks_a_slash_command(rig: Rig) -> None:
     ]
 
 
+async def test_socket_mode_serves_health_readiness_and_metrics_on_the_ops_port(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Socket Mode has no HTTP port of its own: `parley slack` serves /healthz, /readyz and /metrics
+    on PARLEY_OPS_PORT, so a container's health check and a scraper see it like the Discord bot."""
+    import socket
+
+    from bots.slack.main import serve
+
+    app_token = "xapp-" + secrets.token_hex(8)
+    rig.slack.app_token = app_token
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("SLACK_BOT_TOKEN", rig.slack.bot_token)
+    monkeypatch.setenv("SLACK_APP_TOKEN", app_token)
+    monkeypatch.setenv("SLACK_API_URL", rig.slack.base_url)
+    monkeypatch.setenv("PARLEY_OPS_PORT", str(port))
+    monkeypatch.setenv("PARLEY_OPS_HOST", "127.0.0.1")
+    services = build_services(Settings())
+    task = asyncio.create_task(serve(services, SlackSettings()))
+    try:
+        await asyncio.wait_for(rig.slack.socket_connected.wait(), 10)
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                async with rig.http.get(f"{base}/healthz") as r:
+                    health = (r.status, await r.json())
+                break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)
+        assert health == (200, {"ok": True, "running": 0})
+        async with rig.http.get(f"{base}/readyz") as r:
+            assert (r.status, (await r.json())["checks"]) == (200, {"store": True})
+        async with rig.http.get(f"{base}/metrics") as r:
+            assert r.status == 200 and "parley_open_streams" in await r.text()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await services.aclose()
+
+
 async def test_workspace_budgets_never_exceed_the_published_limits_in_a_sliding_window() -> None:
     b = WorkspaceBudgets(window=0.5)  # time compressed: "per minute" becomes per half second
     for method, per_minute in b.limits.items():

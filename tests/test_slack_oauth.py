@@ -490,6 +490,9 @@ async def test_a_restart_marks_open_messages_with_each_workspace_token(rig: OAut
     await asyncio.gather(*rig.front.tasks, return_exceptions=True)
     store = rig.services.store
     store.flush()
+    # Each message records its workspace, so recovery needs no lookup to find its token.
+    refs = [json.loads(r["ref"]) for r in store.peek("select ref from posts")]
+    assert refs and all(r["team"] == ("T1" if r["channel"] == "C1" else "T2") for r in refs)
     with store.db.conn:
         store.db.execute("update posts set open = 1")
         store.db.execute("update discussions set status = 'running', owner = 'a-dead-process'")

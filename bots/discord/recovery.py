@@ -7,6 +7,7 @@ message keeps what it showed plus a note, a thread gets a note of its own.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import discord
@@ -29,8 +30,8 @@ def interrupted_text(shown: str) -> str:
     return text[: CONTENT_LIMIT - len(note)] + note
 
 
-async def recover(client: discord.Client, store: Store) -> int:
-    """Mark every message a previous process left open as interrupted. Returns how many."""
+def marker(client: discord.Client) -> Callable[[dict[str, Any], str], Awaitable[None]]:
+    """How this front-end marks one message a dead process left open."""
 
     async def mark(ref: dict[str, Any], shown: str) -> None:
         if ref.get("interaction"):
@@ -44,4 +45,9 @@ async def recover(client: discord.Client, store: Store) -> int:
             shown = (await message.fetch()).content
         await message.edit(content=interrupted_text(shown), allowed_mentions=NO_MENTIONS)
 
-    return await ledger.recover(store, FRONT_END, mark)
+    return mark
+
+
+async def recover(client: discord.Client, store: Store) -> int:
+    """Mark every message a dead process left open as interrupted. Returns how many."""
+    return await ledger.recover(store, FRONT_END, marker(client))

@@ -60,7 +60,7 @@ from bots.slack.format import doc_to_mrkdwn, escape, to_mrkdwn
 from bots.slack.home import warning
 from bots.slack.manifest import slash_commands
 from bots.slack.oauth import NOT_INSTALLED, SlackOAuth
-from bots.slack.recovery import recover
+from bots.slack.recovery import marker
 from bots.slack.sink import FRONT_END, STREAM_LIFE, SlackSink
 from core import coord, info, ops
 from core.actions import MENUS, Action, Actions
@@ -174,7 +174,7 @@ class SlackFront(Requests):
         Installed in many workspaces, each workspace's installation says these: only the restart's
         leftovers are closed here."""
         if self.oauth is not None:
-            await self.oauth.recover()
+            await self.services.take_over(FRONT_END, self.oauth.mark)
             return
         try:
             resp = await self.client.auth_test()
@@ -191,7 +191,7 @@ class SlackFront(Requests):
         self.authorizer.seed(resp)
         scopes = {s.strip() for s in str(response_header(resp.headers, "x-oauth-scopes") or "").split(",")}
         self.customize = "chat:write.customize" in scopes
-        await recover(self.client, self.services.store)
+        await self.services.take_over(FRONT_END, marker(self.client))
 
     def web_app(self) -> web.Application:
         return http.web_app(self.app, self.signing_secret, lambda: len(self.tasks),

@@ -1,7 +1,8 @@
 """``parley slack``: run the Slack app, or print its manifest.
 
-Socket Mode when ``SLACK_APP_TOKEN`` is set, otherwise HTTP on ``/slack/events``
-(and ``/healthz``) on ``SLACK_HOST``:``PORT``. With ``SLACK_CLIENT_ID`` and
+Socket Mode when ``SLACK_APP_TOKEN`` is set (``/healthz``, ``/readyz`` and ``/metrics`` then
+on ``PARLEY_OPS_HOST``:``PARLEY_OPS_PORT``), otherwise HTTP on ``/slack/events`` (and those
+three) on ``SLACK_HOST``:``PORT``. With ``SLACK_CLIENT_ID`` and
 ``SLACK_CLIENT_SECRET`` instead of ``SLACK_BOT_TOKEN``, Parley is installed in many
 workspaces (HTTP mode, :mod:`bots.slack.oauth`: ``/slack/install`` and
 ``/slack/oauth_redirect`` too). ``parley run`` starts it when :func:`configured`.
@@ -24,7 +25,7 @@ from bots.slack.config import SlackSettings, api_url, check_oauth, check_tokens,
 from bots.slack.manifest import EVENTS_PATH, INSTALL_PATH, manifest
 from bots.slack.oauth import AccessLogger as OAuthAccessLogger
 from bots.slack.oauth import SlackOAuth
-from core import logs
+from core import logs, ops
 from core.config import Settings
 from core.errors import UsageError
 from core.services import Services
@@ -73,7 +74,12 @@ async def serve(
             await handler.connect_async()
             log.info("Slack: connected in Socket Mode")
             try:
-                await asyncio.Event().wait()
+                # No HTTP port of its own: health, readiness and metrics on PARLEY_OPS_PORT.
+                core = services.settings
+                async with ops.serving(services, core.ops_port, core.ops_host, lambda: len(front.tasks)) as bound:
+                    if bound is not None:
+                        log.info("Slack: /healthz, /readyz and /metrics on %s:%d", core.ops_host, bound)
+                    await asyncio.Event().wait()
             finally:
                 await handler.close_async()
         else:

@@ -703,14 +703,13 @@ class SlackOAuth:
         )
         return rows[0]["workspace"].removeprefix(f"{FRONT_END}:") if rows else None
 
+    async def mark(self, ref: dict[str, Any], shown: str) -> None:
+        """Mark one open message a dead process left as interrupted, with its workspace's token."""
+        team = self._team_of(ref)
+        if team is None:
+            raise LookupError("no workspace is known for this message")
+        await mark_interrupted(self.client(team), ref, shown)
+
     async def recover(self) -> int:
-        """Mark every open message a previous process left as interrupted, each with its
-        workspace's token. Returns how many."""
-
-        async def mark(ref: dict[str, Any], shown: str) -> None:
-            team = self._team_of(ref)
-            if team is None:
-                raise LookupError("no workspace is known for this message")
-            await mark_interrupted(self.client(team), ref, shown)
-
-        return await recover_posts(self.store, FRONT_END, mark)
+        """Mark every open message a dead process left as interrupted. Returns how many."""
+        return await recover_posts(self.store, FRONT_END, self.mark)

@@ -7,6 +7,7 @@ walks what is still open and this module edits it on Slack.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
@@ -40,10 +41,15 @@ async def mark_interrupted(client: AsyncWebClient, ref: dict[str, Any], shown: s
     await client.chat_update(channel=channel, ts=ts, text=text)
 
 
-async def recover(client: AsyncWebClient, store: Store) -> int:
-    """Mark every Slack message a previous process left open as interrupted. Returns how many."""
+def marker(client: AsyncWebClient) -> Callable[[dict[str, Any], str], Awaitable[None]]:
+    """How this front-end marks one message interrupted, with its one bot token."""
 
     async def mark(ref: dict[str, Any], shown: str) -> None:
         await mark_interrupted(client, ref, shown)
 
-    return await recover_posts(store, FRONT_END, mark)
+    return mark
+
+
+async def recover(client: AsyncWebClient, store: Store) -> int:
+    """Mark every Slack message a dead process left open as interrupted. Returns how many."""
+    return await recover_posts(store, FRONT_END, marker(client))

@@ -145,7 +145,11 @@ class SlackSink(Sink):
 
     # --- what the ledger records ----------------------------------------------------------------
     def record(self, ref: SlackRef) -> dict[str, Any]:
-        return {"channel": ref.channel, "ts": ref.ts, "kind": ref.kind}
+        # The workspace too: installed in many, recovery needs its token to edit the message.
+        out: dict[str, Any] = {"channel": ref.channel, "ts": ref.ts, "kind": ref.kind}
+        if self.recipient_team_id:
+            out["team"] = self.recipient_team_id
+        return out
 
     def shown(self, ref: SlackRef) -> str:
         return ref.shown
