@@ -412,8 +412,9 @@ class Polls:
         row = {"message_id": message_id, "discussion_id": discussion_id, "answers": json.dumps(answers),
                "at": now_iso()}
         self.store.writer.submit(lambda db: db.conn.execute(
-            "insert or replace into polls (message_id, discussion_id, answers, at) values "
-            "(:message_id, :discussion_id, :answers, :at)", row), urgent=True)
+            "insert into polls (message_id, discussion_id, answers, at) values "
+            "(:message_id, :discussion_id, :answers, :at) on conflict(message_id) do update set "
+            "discussion_id = excluded.discussion_id, answers = excluded.answers, at = excluded.at", row), urgent=True)
 
     async def vote(self, caller: Caller, message_id: str, answer_id: int, *, added: bool) -> Answer | None:
         """A poll vote added (or removed) on platform ``message_id``; None for a poll that is not Parley's."""

@@ -7,8 +7,9 @@ and ``with db.conn:`` transactions. :class:`PgDatabase` offers that same subset
 on a psycopg connection, so one store implementation and one list of migrations
 serve both. What it translates is small and mechanical:
 
-- ``?`` placeholders become ``%s`` (every ``%`` doubled), ``[name]`` and the
-  reserved column name ``user`` are quoted; string literals keep their ``?``;
+- ``?`` placeholders become ``%s`` and ``:name`` ones (with a dict of parameters)
+  ``%(name)s`` (every ``%`` doubled), ``[name]`` and the reserved column name
+  ``user`` are quoted; string literals keep their ``?`` and ``:``;
 - ``insert or ignore`` becomes ``insert … on conflict do nothing``;
 - ``BEGIN IMMEDIATE`` (SQLite's "take the write lock now") becomes a transaction
   holding one advisory lock, so the transactions that relied on SQLite's single
@@ -47,7 +48,8 @@ WRITE_LOCK = 0x7061726C  # "parl"
 _TYPES = {str: "TEXT", int: "BIGINT", float: "DOUBLE PRECISION", bytes: "BYTEA", bool: "BIGINT"}
 _QUOTED = re.compile(r"('(?:[^']|'')*'|\"(?:[^\"]|\"\")*\")")
 _BRACKET = re.compile(r"\[(\w+)\]")
-_USER = re.compile(r"(?<![\w\"])user(?![\w\"(])", re.IGNORECASE)
+_USER = re.compile(r"(?<![\w\"])(?<!%\()user(?![\w\"(])", re.IGNORECASE)  # not the parameter %(user)s
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 _OR_IGNORE = re.compile(r"^\s*insert\s+or\s+ignore\s+into\b", re.IGNORECASE)
 _BEGIN = re.compile(r"^\s*begin(\s+(deferred|immediate|exclusive))?(\s+transaction)?\s*;?\s*$", re.IGNORECASE)
 _END = re.compile(r"^\s*(commit|end|rollback)(\s+transaction)?\s*;?\s*$", re.IGNORECASE)
@@ -70,8 +72,9 @@ def describe(target: str | Path) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def translate(sql: str, with_params: bool = True) -> str:
-    """SQLite's SQL as PostgreSQL reads it (see the module docstring)."""
+def translate(sql: str, with_params: bool = True, named: bool = False) -> str:
+    """SQLite's SQL as PostgreSQL reads it (see the module docstring). ``named``: the
+    parameters are a dict, so ``:name`` is a placeholder (sqlite3's named style)."""
     ignore = bool(_OR_IGNORE.match(sql))
     if ignore:
         sql = _OR_IGNORE.sub("insert into", sql, count=1)
@@ -81,7 +84,8 @@ def translate(sql: str, with_params: bool = True) -> str:
     for i in range(0, len(parts), 2):  # the even parts are outside quotes
         part = parts[i]
         if with_params:
-            part = part.replace("%", "%%").replace("?", "%s")
+            part = part.replace("%", "%%")
+            part = _NAMED.sub(r"%(\1)s", part) if named else part.replace("?", "%s")
         part = _BRACKET.sub(r'"\1"', part)
         parts[i] = _USER.sub('"user"', part)
     out = "".join(parts)
@@ -156,7 +160,7 @@ class PgConnection:
                 return self._raw.cursor()
             params = list(args) if isinstance(args, (list, tuple)) else args
             try:
-                return self._raw.execute(translate(sql, bool(params)), params or None)
+                return self._raw.execute(translate(sql, bool(params), isinstance(params, dict)), params or None)
             except Exception:
                 if self._tx:  # PostgreSQL refuses everything after an error until the rollback
                     self._abort()

@@ -73,3 +73,16 @@ def pg_url(postgres_server) -> str:  # type: ignore[no-untyped-def]
 def redis_url(redis_server) -> str:  # type: ignore[no-untyped-def]
     """A flushed Redis database for this test."""
     return str(redis_server.url())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                 clean_env: None) -> str:
+    """Where this test's store is, once on each dialect: the SQLite file ``PARLEY_DB`` names,
+    or a fresh PostgreSQL database (then ``PARLEY_DATABASE_URL`` names it, so every
+    ``Settings()`` of the test opens the same store)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "parley.db")
+    url = str(request.getfixturevalue("pg_url"))
+    monkeypatch.setenv("PARLEY_DATABASE_URL", url)
+    return url

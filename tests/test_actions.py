@@ -1,6 +1,7 @@
 # ruff: noqa: F811  (the fixtures imported from test_governance are redefined as arguments)
-"""Actions under answers and summaries (core.actions), against the fake LLM server and a
-real SQLite file: what each does, that state lives in the store, claims, and the leaderboard."""
+"""Actions under answers and summaries (core.actions), against the fake LLM server, on a real
+SQLite file and a real PostgreSQL database (``svc`` takes ``store_target``): what each does,
+that state lives in the store, claims, and the leaderboard."""
 
 from __future__ import annotations
 

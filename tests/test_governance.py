@@ -1,5 +1,6 @@
 """Governance in core: policy, budgets (estimate, reserve, settle), own keys, saved panels,
-retention — against the loopback fake LLM server and a real SQLite file."""
+retention — against the loopback fake LLM server, on a real SQLite file and a real
+PostgreSQL database (``store_target``)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ async def llm() -> AsyncIterator[FakeLLMServer]:
 
 
 @pytest.fixture
-async def svc(llm: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Services]:
+async def svc(llm: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+              store_target: str) -> AsyncIterator[Services]:
     monkeypatch.setenv("PARLEY_CONFIG", str(user_config(tmp_path, llm.base_url)))
     monkeypatch.setenv("PARLEY_SECRET_KEY", SECRET)
     for pid in PROVIDERS:
@@ -55,6 +57,16 @@ async def admin(svc: Services, line: str, caller: Caller = ADMIN) -> info.InfoAn
 def files(tmp_path: Path) -> bytes:
     """Every byte of the database, its WAL and shared memory."""
     return b"".join(f.read_bytes() for f in sorted(tmp_path.glob("parley.db*")))
+
+
+def stored(svc: Services, tmp_path: Path) -> bytes:
+    """What the store holds. On SQLite every byte of its files, so text left in free pages
+    counts too (the store overwrites what it deletes); on PostgreSQL, whose files belong to
+    the server, every row of every table."""
+    if svc.store.dialect == "sqlite":
+        return files(tmp_path)
+    db = svc.store.db
+    return "\n".join(str(r) for t in db.table_names() for r in db.query(f'select * from "{t}"')).encode()
 
 
 async def run(svc: Services, grant: Grant) -> list[Event]:
@@ -271,7 +283,7 @@ async def test_an_own_key_is_used_encrypted_and_never_shown(
     listed = await admin(svc, "keys list", ALICE)
     assert listed.rows[0]["last4"] == "9876" and mine not in str(listed.rows)
     svc.store.flush()
-    assert mine.encode() not in files(tmp_path)
+    assert mine.encode() not in stored(svc, tmp_path)
     assert mine not in caplog.text
 
 
@@ -313,7 +325,7 @@ async def test_a_saved_panel_round_trip_and_policy_at_run_time(svc: Services) ->
 
 
 # --- retention and /forget ------------------------------------------------------------------------
-async def test_retention_and_forget_erase_texts_from_the_files(
+async def test_retention_and_forget_erase_texts_from_the_store(
     svc: Services, llm: FakeLLMServer, tmp_path: Path
 ) -> None:
     llm.default = Scenario(text="The answer is ZEBRA-OLD-ANSWER.", usage="top", prompt_tokens=10, completion_tokens=5)
@@ -327,12 +339,12 @@ async def test_retention_and_forget_erase_texts_from_the_files(
         "update discussions set created_at = '2026-01-01T00:00:00.000+00:00' where id = ?", [did]))
     await admin(svc, "policy retention days:30")
     svc.store.flush()
-    data = files(tmp_path)
+    data = stored(svc, tmp_path)
     assert b"QUESTION-OLD-MARKER" not in data and b"ZEBRA-OLD-ANSWER" not in data
     assert b"QUESTION-NEW-MARKER" in data  # newer than the retention period
     assert svc.store.turns(did)[0]["cost_usd"] > 0  # costs and tokens stay
     await admin(svc, "forget", ALICE)
-    data = files(tmp_path)
+    data = stored(svc, tmp_path)
     assert b"QUESTION-NEW-MARKER" not in data and b"NEW-ANSWER" not in data
 
 
