@@ -270,16 +270,24 @@ def test_cost_arithmetic_uses_cached_price() -> None:
 
 
 # --- store ----------------------------------------------------------------------------------------
-def test_migrations_from_empty_database(tmp_path: Path) -> None:
-    db = tmp_path / "new.db"
-    s = Store(db)
+def test_migrations_from_empty_database(store_target: str) -> None:
+    from core.migrations import MIGRATIONS
+
+    s = Store(store_target)
     names = {r["name"] for r in s.db["_migrations"].rows}
-    assert {"m001_initial", "m002_provider_health", "m003_posts"} <= names
-    assert s.db.execute("pragma journal_mode").fetchone()[0] == "wal"
+    assert names == {fn.__name__ for fn in MIGRATIONS}
+    assert {"discussions", "turns", "posts", "spend", "votes"} <= set(s.db.table_names())
     s.close()
-    again = Store(db)
+    again = Store(store_target)
     assert again.migrate() == []  # idempotent
     again.close()
+
+
+# SQLite only: the journal mode is SQLite's (other processes read while one writes).
+def test_the_sqlite_store_runs_in_wal_mode(tmp_path: Path) -> None:
+    s = Store(tmp_path / "new.db")
+    assert s.db.execute("pragma journal_mode").fetchone()[0] == "wal"
+    s.close()
 
 
 def test_an_unknown_wire_is_refused_with_the_known_ones(tmp_path: Path) -> None:

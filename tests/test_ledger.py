@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,8 +42,8 @@ class RecordedSink(RecordingSink):
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store(tmp_path / "ledger.db")
+def store(store_target: str) -> Store:
+    s = Store(store_target)
     yield s
     s.close()
 
@@ -196,9 +195,9 @@ async def test_an_undeliverable_turn_releases_its_claims_and_closes_its_posts(st
 
 
 async def test_recover_marks_only_orphaned_posts_of_this_front_end_and_survives_a_failing_one(
-    store: Store, tmp_path: Path
+    store: Store, store_target: str
 ) -> None:
-    gone = Store(tmp_path / "ledger.db")  # a process that has since exited
+    gone = Store(store_target)  # a process that has since exited
     did = discussion(gone)
     other = discussion(gone, front_end="elsewhere")
     for i in range(3):
