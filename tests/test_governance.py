@@ -456,3 +456,32 @@ async def test_platform_admins_receive_alerts(svc: Services) -> None:
     await admin(svc, "budget show", Caller(WS, "UOWNER", "C1", admin=True))
     svc.store.flush()
     assert svc.governance.admins(WS) == ["UOWNER"]
+
+
+async def test_an_admins_usage_adds_up_by_provider_and_person_and_rules_and_keys_can_be_removed(
+    svc: Services, llm: FakeLLMServer
+) -> None:
+    llm.default = Scenario(text="ok", usage="top", prompt_tokens=100, completion_tokens=10)
+    for who in (ALICE, ALICE, Caller(WS, "UBOB", "C2", private=True, front_end="slack")):
+        await run(svc, await svc.governance.admit(parse("ask", "provider:alpha Hi"), who))
+    svc.store.flush()
+    one = (100 * 1.0 + 10 * 2.0) / 1e6  # alpha-1's prices per million tokens
+    rows = (await admin(svc, "usage")).rows
+    [alpha] = [r for r in rows if r["kind"] == "provider"]
+    assert (alpha["provider"], alpha["model"], alpha["turns"], alpha["estimated_turns"]) == ("alpha", "alpha-1", 3, 0)
+    assert alpha["cost_usd"] == pytest.approx(3 * one)
+    people = {r["id"]: r["month_usd"] for r in rows if r["kind"] == "user"}
+    assert people == {"UALICE": pytest.approx(2 * one), "UBOB": pytest.approx(one)}
+    channels = {r["id"]: r["month_usd"] for r in rows if r["kind"] == "channel"}
+    assert channels == {"C1": pytest.approx(2 * one), "C2": pytest.approx(one)}
+    await admin(svc, "policy deny providers:beta")
+    [rule] = svc.governance.view(WS).rules.rules
+    await admin(svc, f"policy remove {rule.id}")
+    assert svc.governance.view(WS).rules.rules == []
+    with pytest.raises(UsageError, match=f"no rule #{rule.id}"):
+        await admin(svc, f"policy remove {rule.id}")
+    await admin(svc, "keys set provider:alpha sk-alice-own-key-abcdefghijklmnop-4242", ALICE)
+    assert (await admin(svc, "keys delete provider:alpha", ALICE)).rows == [{"provider": "alpha", "deleted": True}]
+    assert (await admin(svc, "keys delete provider:alpha", ALICE)).rows == [{"provider": "alpha", "deleted": False}]
+    assert [r["action"] for r in (await admin(svc, "policy log")).rows][:4] == [
+        "keys.delete", "keys.delete", "keys.set", "policy.remove"]
