@@ -229,6 +229,7 @@ COMMANDS: dict[str, Command] = {
                        example="/panel delete launch-review"),
             ),
         ),
+        Command("stop", "Stop your discussions running in this channel and its threads (admins: anyone's)."),
         Command("forget", "Delete your stored questions and answers (costs and token counts stay)."),
         Command("leaderboard", "Which provider × persona wins the votes here: win rate, 👍 share, cost per win."),
         Command("help", "How to use Parley."),

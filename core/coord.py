@@ -16,7 +16,10 @@ The operations (each one round trip, atomic on Redis: a Lua script run by EVALSH
 - :meth:`Coordinator.pause`: after a 429 with Retry-After, nothing is granted on that
   key to anyone for that long (both kinds of take check it first);
 - :meth:`Coordinator.first`: true exactly once for ``(kind, id)`` within ``ttl``;
-- :meth:`Coordinator.ping`: readiness (``/readyz``).
+- :meth:`Coordinator.ping`: readiness (``/readyz``);
+- :meth:`Coordinator.publish` and :meth:`Coordinator.subscribe`: a message to every
+  replica listening on a topic (Redis pub/sub: at most once, so what must not be lost is
+  also written to the store; see :mod:`core.stops`).
 
 A refused take says how long until it could be granted (:class:`Taken`). Time is the
 Redis server's (``TIME`` inside the scripts), never a client's clock, so replicas on
@@ -45,6 +48,7 @@ hold a password).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import heapq
@@ -53,7 +57,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -117,6 +121,15 @@ class Coordinator(Protocol):
         """The coordinator answers (raises when it does not)."""
         ...
 
+    async def publish(self, topic: str, message: str) -> None:
+        """Send ``message`` to every subscriber of ``topic`` now (raises Unavailable when it cannot)."""
+        ...
+
+    def subscribe(self, topic: str) -> AsyncIterator[str]:
+        """The messages published on ``topic`` from now on, until the iterator is closed. On
+        Redis it reconnects by itself; what was published while it was away is not replayed."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -140,6 +153,7 @@ class LocalCoordinator:
         self._paused: dict[str, float] = {}
         self._seen: dict[tuple[str, str], float] = {}
         self._expiries: list[tuple[float, tuple[str, str]]] = []
+        self._topics: dict[str, set[asyncio.Queue[str]]] = {}
 
     def _pause_left(self, key: str, now: float) -> float:
         until = self._paused.get(key)
@@ -202,6 +216,19 @@ class LocalCoordinator:
 
     async def ping(self) -> bool:
         return True
+
+    async def publish(self, topic: str, message: str) -> None:
+        for queue in self._topics.get(topic, ()):
+            queue.put_nowait(message)
+
+    async def subscribe(self, topic: str) -> AsyncIterator[str]:
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        self._topics.setdefault(topic, set()).add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._topics[topic].discard(queue)
 
     async def aclose(self) -> None:
         pass
@@ -366,6 +393,34 @@ class RedisCoordinator:
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())
+
+    async def publish(self, topic: str, message: str) -> None:
+        await self._call("a publish", lambda: self.client.publish(f"{PREFIX}{topic}", message))
+
+    async def subscribe(self, topic: str) -> AsyncIterator[str]:
+        from redis.exceptions import RedisError
+
+        attempt = 0
+        while True:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(f"{PREFIX}{topic}")
+                if self.down_since is not None:
+                    log.info("Redis answers again; the %s subscription resumes", topic)
+                    self.down_since = None
+                attempt = 0
+                while True:
+                    msg = await pubsub.get_message(timeout=1.0)
+                    if msg is not None and msg.get("type") == "message":
+                        data = msg["data"]
+                        yield data.decode() if isinstance(data, bytes) else str(data)
+            except (RedisError, OSError, TimeoutError) as e:
+                self._failed(f"the {topic} subscription", e)
+                await asyncio.sleep(retry_delay(attempt))
+                attempt += 1
+            finally:
+                with contextlib.suppress(RedisError, OSError, RuntimeError):
+                    await pubsub.aclose()
 
     async def aclose(self) -> None:
         from redis.exceptions import RedisError

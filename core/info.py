@@ -98,6 +98,14 @@ async def _forget(services: Services, req: Request, caller: Caller, check: bool)
     return await admin.forget(services.governance, caller)
 
 
+async def _stop(services: Services, req: Request, caller: Caller, check: bool) -> InfoAnswer:
+    n = await services.stops.request(caller)
+    whose = "" if caller.admin else " of yours"
+    text = (f"⏹ Stopping {n} discussion(s){whose} running here: each answer keeps what it showed."
+            if n else f"Nothing{whose} is running here.")
+    return InfoAnswer("stop", [{"stopped": n}], [present.line(text)])
+
+
 async def _leaderboard(services: Services, req: Request, caller: Caller, check: bool) -> InfoAnswer:
     from core.actions import Actions, leaderboard_doc
 
@@ -115,6 +123,7 @@ INFO: dict[str, Callable[[Services, Request, Caller, bool], Awaitable[InfoAnswer
     "keys": _keys,
     "panel": _panel,
     "forget": _forget,
+    "stop": _stop,
     "leaderboard": _leaderboard,
     "help": _help,
 }

@@ -17,6 +17,7 @@ so a failed write is logged and the message stays posted exactly once.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import random
@@ -195,13 +196,14 @@ async def watch(
 ) -> None:
     """Until cancelled: every :attr:`Store.check_every` (a sixth of the lease, jittered so that
     replicas do not all look at once), :func:`recover` what dead replicas of ``front_end`` left,
-    then ``also()`` (the budget reservations they held). Errors are logged, never raised: a store
+    then ``also()`` (plain or async: the budget reservations they held, the stop requests
+    this process has not heard). Errors are logged, never raised: a store
     that is down for a while only delays the takeover."""
     while True:
         await asyncio.sleep(store.check_every * random.uniform(0.75, 1.0))
         try:
             await recover(store, front_end, mark)
-            if also is not None:
-                also()
+            if also is not None and inspect.isawaitable(done := also()):
+                await done
         except Exception as e:
             log.warning("could not take over a stopped process's runs: %s", redact(repr(e)))

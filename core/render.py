@@ -125,6 +125,8 @@ class Renderer:
         self.max_op_retries = max_op_retries
         self.give_up_after = give_up_after
         self.mode = ""
+        #: What unfinished answers say when the rendering is cancelled (set by a /stop).
+        self.stop_notice = "Interrupted: Parley stopped before the answer was complete."
         self.ops = 0
         self.rate_limited = 0
         self.lost_ops = 0
@@ -210,7 +212,7 @@ class Renderer:
         """Like :meth:`drain`, but give up after ``grace`` seconds (``self.grace``)."""
         for view in list(self.views.values()):
             if view.final is None:
-                self.fail(view.turn.turn_id, "", "Interrupted: Parley stopped before the answer was complete.")
+                self.fail(view.turn.turn_id, "", self.stop_notice)
         tasks = [v.task for v in self.views.values() if v.task is not None and not v.task.done()]
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=self.grace if grace is None else grace)

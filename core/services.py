@@ -20,6 +20,7 @@ from core.providers.catalog import load_catalog
 from core.providers.http import AiohttpClient
 from core.providers.registry import Registry
 from core.providers.spec import Catalog
+from core.stops import Stops
 from core.store import Store
 
 
@@ -38,6 +39,11 @@ class Services:
     coord: Coordinator = field(default_factory=LocalCoordinator)
     #: Work that lives as long as the services (the takeover watch), cancelled first at close.
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    #: Stopping running discussions from any replica (/stop).
+    stops: Stops = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stops = Stops(self)
 
     def keep(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(work)
@@ -49,10 +55,15 @@ class Services:
         """At a front-end's start: edit what dead processes of ``front_end`` left open
         (``mark(ref, shown)``) and settle their budget reservations, then keep doing so every
         sixth of the lease while this process runs (:func:`core.ledger.watch`), so that a
-        replica that dies is taken over by a survivor, not only by its own restart."""
+        replica that dies is taken over by a survivor, not only by its own restart. Each check
+        also stops this process's runs whose /stop it has not heard (:meth:`Stops.poll`)."""
         n = await ledger.recover(self.store, front_end, mark)
-        self.keep(ledger.watch(self.store, front_end, mark, also=self.governance.db.settle_orphans))
+        self.keep(ledger.watch(self.store, front_end, mark, also=self._each_check))
         return n
+
+    async def _each_check(self) -> None:
+        self.governance.db.settle_orphans()
+        await self.stops.poll()
 
     async def aclose(self) -> None:
         for task in list(self.background):
@@ -60,6 +71,7 @@ class Services:
         for task in list(self.background):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.stops.aclose()
         await self.governance.aclose()
         await self.registry.aclose()
         await self.http.aclose()

@@ -321,6 +321,34 @@ class Store:
 
         return list(await self.writer.acall(fn))
 
+    # --- stopping ---------------------------------------------------------------------
+    async def request_stop(self, workspace: str, channel: str, user: str | None) -> list[str]:
+        """Ask the running discussions held in ``channel`` of ``workspace`` (``user``'s; None:
+        anyone's) to stop, whichever process runs them. Returns their ids. The request is kept
+        on the discussion, so an owner that missed the message still finds it
+        (:meth:`stop_requests`)."""
+        where = "status = 'running' and workspace = ? and channel = ?" + (" and user = ?" if user else "")
+        args = [workspace, channel, *([user] if user else [])]
+
+        def fn(db: sqlite_utils.Database) -> list[str]:
+            ids = [r["id"] for r in rows_of(db.conn, f"select id from discussions where {where}", args)]
+            if ids:
+                db.execute(f"update discussions set stop_requested = ? where id in ({','.join('?' * len(ids))})",
+                           [now_iso(), *ids])
+            return ids
+
+        return list(await self.writer.acall(fn, urgent=True))
+
+    async def stop_requests(self) -> list[str]:
+        """This process's running discussions that someone asked to stop."""
+
+        def fn(db: sqlite_utils.Database) -> list[str]:
+            return [r["id"] for r in rows_of(
+                db.conn, "select id from discussions where owner = ? and status = 'running' "
+                "and stop_requested is not null", [self.instance_id])]
+
+        return list(await self.writer.acall(fn))
+
     # --- turns ------------------------------------------------------------------
     def start_turn(self, did: str, seq: int, turn: TurnInfo, prompt: str) -> None:
         row = {

@@ -22,6 +22,7 @@ from core.events import DiscussionStarted, Event
 from core.governance import Grant
 from core.ledger import Ledger
 from core.render import Renderer
+from core.stops import STOP_GRACE, STOPPED
 from core.services import Services
 from core.sink import Sink
 
@@ -181,10 +182,26 @@ async def discuss_in_thread(
     renderer = Renderer(sink, ledger=ledger, metrics=services.metrics)
     if on_renderer is not None:
         on_renderer(renderer)
+    task = asyncio.current_task()
+    stopped = False
+
+    def stop() -> None:  # /stop, from this process or another replica (core.stops)
+        nonlocal stopped
+        stopped = True
+        renderer.stop_notice = STOPPED
+        renderer.grace = max(renderer.grace, STOP_GRACE)  # not a shutdown: let the answers say so
+        if task is not None:
+            task.cancel()
+
+    unregister = services.stops.register(first.discussion_id, stop)
     try:
         await renderer.consume(_prepend(first, events))
         await sink.aclose()  # a sink may finish work in the background
+    except asyncio.CancelledError:
+        if not stopped or task is None or task.uncancel() > 0:
+            raise  # a shutdown: what stays open, the next start (or a survivor) marks
     finally:
+        unregister()
         with contextlib.suppress(Exception):
             await events.aclose()
     ledger.close(thread_entry)

@@ -79,7 +79,7 @@ _AUTH_ERRORS = ("invalid_auth", "not_authed", "account_inactive", "token_revoked
 #: Appended to the help in Slack.
 MENTION_HINT = line("Mention me (", code("@Parley compare …"), ") in a thread to follow up.")
 #: Commands whose answer depends on whether the person is an admin (users.info is asked for these only).
-ADMIN_AWARE = frozenset({"budget", "policy", "keys", "panel", "usage", "forget"})
+ADMIN_AWARE = frozenset({"budget", "policy", "keys", "panel", "usage", "forget", "stop"})
 #: Every name (and alias) of an option: a word ``name:value`` with one of these is an option.
 _OPTION_NAMES = frozenset(n for o in OPTIONS.values() for n in (o.name, *o.aliases))
 #: How long a modal submission may wait for users.info (Slack wants its answer within 3 s).
