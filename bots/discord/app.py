@@ -57,7 +57,7 @@ from bots.discord import components, recovery
 from bots.discord.commands import command_payloads, complete, payload_hash, request_from
 from bots.discord.format import CONTENT_LIMIT, NO_MENTIONS, chunks, doc_to_markdown, thread_name
 from bots.discord.permissions import missing_message, missing_permissions, permission_message
-from bots.discord.ratelimit import ChannelBudgets
+from bots.discord.ratelimit import ChannelBudgets, draw_global
 from bots.discord.sink import FRONT_END, MAX_FOLLOWUPS, DiscordSink, InteractionSink
 from core import info
 from core.actions import MENUS, STARTS, Action, Actions, Polls
@@ -175,6 +175,7 @@ class DiscordFront(Requests):
         self.client = client
         # With PARLEY_REDIS_URL every shard process draws from one global bucket and one per channel.
         self.budgets = (budgets or ChannelBudgets()).share(services.coord)
+        draw_global(client, self.budgets.bot)  # every request with the bot token, whatever its route
         self.admission = Admission.from_settings(services.settings)
         self.dedupe = Dedupe(services.coord, "discord:interaction", ttl=INTERACTION_TTL)
         super().__init__()

@@ -21,6 +21,8 @@ import re
 from typing import Any
 
 import discord
+import yarl
+from discord.gateway import DiscordWebSocket
 from pydantic import AliasChoices, Field, SecretStr
 
 from bots.discord.format import NO_MENTIONS
@@ -28,6 +30,8 @@ from bots.discord.permissions import PERMISSIONS
 from bots.discord.ratelimit import rate_limit_trace
 from core.config import EnvSettings
 from core.errors import UsageError
+
+log = logging.getLogger("parley.discord")
 
 DEFAULT_API_URL = "https://discord.com/api/v10"
 SCOPES = ("bot", "applications.commands")
@@ -56,6 +60,22 @@ def check_token(settings: DiscordSettings) -> str:
 def configure_api(settings: DiscordSettings) -> None:
     """``DISCORD_API_URL`` overrides the REST base (a proxy, or a loopback fake in tests)."""
     discord.http.Route.BASE = (settings.api_url or DEFAULT_API_URL).rstrip("/")
+
+
+async def configure_gateway(client: discord.Client) -> int:
+    """Connect to the gateway the API names: the ``url`` of ``GET /gateway/bot``
+    (https://discord.com/developers/docs/topics/gateway#get-gateway-bot). discord.py asks for it
+    only with ``auto`` sharding and otherwise dials its built-in URL; from here on every connection
+    and reconnection uses the one the API at ``DISCORD_API_URL`` gave (a loopback fake's, in tests). Returns
+    Discord's recommended shard count; a configured total below it is logged (Discord refuses
+    too few shards with close code 4011)."""
+    recommended, url, _limits = await client.http.get_bot_gateway()
+    DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
+    total = client.shard_count if isinstance(client, discord.AutoShardedClient) else 1
+    if total is not None and total < recommended:
+        log.warning("Discord recommends %d shards for this bot; PARLEY_DISCORD_SHARDS runs %d in all",
+                    recommended, total)
+    return int(recommended)
 
 
 _SHARDS = re.compile(r"^(?P<ids>\d+(?:-\d+)?(?:,\d+(?:-\d+)?)*)/(?P<count>\d+)$")

@@ -19,6 +19,7 @@ from bots.discord.config import (
     DiscordSettings,
     check_token,
     configure_api,
+    configure_gateway,
     invite_url,
     make_client,
     parse_shards,
@@ -50,6 +51,7 @@ async def serve(services: Services, settings: DiscordSettings | None = None) -> 
         async with ops.serving(services, core_settings.ops_port, core_settings.ops_host, lambda: len(front.tasks)):
             await front.login(token)
             await front.start(guild_id=settings.guild_id)
+            await configure_gateway(client)
             log.info("Discord: logged in as %s; connecting to the gateway", client.user)
             await client.connect(reconnect=True)
     finally:

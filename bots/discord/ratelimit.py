@@ -4,7 +4,16 @@ Budgets. Discord limits message writes per channel (a thread is a channel):
 about 5 per 5 seconds, shared by creates and edits. :class:`ChannelBudgets`
 keeps one :class:`~core.budget.WindowBudget` per channel that every renderer
 writing there draws from, sized to stay under the limit in any window, plus one
-bucket for the bot-wide limit (50 requests per second).
+bucket for the bot-wide limit (:data:`GLOBAL_PER_SECOND`).
+
+The global limit counts every request made with the bot token, whatever the
+route: the login, the parent message and thread of a discussion, recovery,
+command sync and DMs as well as a thread's streaming writes. So the bot-wide
+bucket is drawn on by the HTTP session itself (:class:`RateLimitTrace`, bound by
+:func:`draw_global`): each request carrying the bot's ``Authorization`` takes one
+call before it is sent, retries included. Interaction endpoints (the deferred
+response, its edits and follow-ups, authenticated by the interaction token in
+the path) are outside the global limit and take none.
 
 429s. discord.py sleeps on a 429 and retries by itself, which would hide the
 429 from the renderer and let a stream fall behind a queue of stale edits. The
@@ -12,7 +21,8 @@ sink's calls run under :func:`fail_fast`, and the aiohttp trace from
 :func:`rate_limit_trace` turns a 429 seen there into
 :class:`core.sink.RateLimited`: the renderer pauses that channel's bucket for
 ``retry_after`` and re-sends the latest text, so nothing is lost or duplicated.
-One-off calls (the parent message, a thread) keep discord.py's own handling.
+One-off calls (the parent message, a thread) keep discord.py's own handling. A
+global 429 (``"global": true``), from any call, pauses the bot-wide bucket.
 
 Shared. Shard processes of one bot (and replicas) share these limits through the
 coordinator (:meth:`ChannelBudgets.share`, Redis): the bot-wide bucket is one key
@@ -35,8 +45,11 @@ from core.budget import TokenBucket, WindowBudget
 from core.coord import Coordinator
 from core.sink import RateLimited
 
-#: Discord's per-channel message bucket (creates and edits), and the bot-wide limit.
+#: Discord's per-channel message bucket (creates and edits).
 CHANNEL_LIMIT, CHANNEL_WINDOW = 5, 5.0
+#: Discord's global limit: requests per second per bot token, every route but the interaction
+#: endpoints (https://discord.com/developers/docs/topics/rate-limits#global-rate-limit). The one
+#: place it is set: the bot-wide bucket (:func:`global_bucket`) is sized from it.
 GLOBAL_PER_SECOND = 50
 
 # --- 429s as RateLimited ------------------------------------------------------------------------------
@@ -60,20 +73,34 @@ class DiscordRateLimited(RateLimited):
         self.is_global = is_global
 
 
-def rate_limit_trace() -> aiohttp.TraceConfig:
-    """An aiohttp trace for ``discord.Client(http_trace=...)`` that surfaces 429s under :func:`fail_fast`.
+class RateLimitTrace(aiohttp.TraceConfig):
+    """The aiohttp trace of ``discord.Client(http_trace=...)``: Discord's limits at the HTTP session.
 
-    Only a real Discord 429 (JSON body or the ``Via`` header) is converted; a
-    Cloudflare ban stays discord.py's HTTPException.
+    - Before a request made with the bot token is sent (each try), one call is taken from
+      :attr:`bucket`, the bot-wide bucket, when one is bound (:func:`draw_global`).
+    - A 429 that is Discord's (JSON body or the ``Via`` header; a Cloudflare ban stays
+      discord.py's HTTPException): a global one pauses :attr:`bucket` for ``retry_after``
+      (every process sharing it pauses); under :func:`fail_fast` it is raised as
+      :class:`DiscordRateLimited` instead of being slept on by discord.py.
     """
 
-    async def on_request_end(session: Any, ctx: Any, params: aiohttp.TraceRequestEndParams) -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        self.bucket: TokenBucket | None = None
+        self.on_request_start.append(self._start)
+        self.on_request_end.append(self._end)
+
+    async def _start(self, session: Any, ctx: Any, params: aiohttp.TraceRequestStartParams) -> None:
+        if self.bucket is not None and params.headers.get("Authorization", "").startswith("Bot "):
+            await self.bucket.acquire(0.0)
+
+    async def _end(self, session: Any, ctx: Any, params: aiohttp.TraceRequestEndParams) -> None:
         resp = params.response
-        if resp.status != 429 or not _FAIL_FAST.get():
+        if resp.status != 429:
             return
         data: Any = None
         with contextlib.suppress(Exception):
-            data = await resp.json(content_type=None)
+            data = await resp.json(content_type=None)  # read once: discord.py reads the cached body
         if not isinstance(data, dict) and not resp.headers.get("Via"):
             return
         retry: Any = (data or {}).get("retry_after") or resp.headers.get("Retry-After") or 1.0
@@ -82,14 +109,38 @@ def rate_limit_trace() -> aiohttp.TraceConfig:
         except (TypeError, ValueError):
             seconds = 1.0
         is_global = bool((data or {}).get("global")) or resp.headers.get("X-RateLimit-Global") == "true"
-        raise DiscordRateLimited(seconds, is_global=is_global)
+        if is_global and self.bucket is not None:
+            self.bucket.pause(seconds)
+        if _FAIL_FAST.get():
+            raise DiscordRateLimited(seconds, is_global=is_global)
 
-    trace = aiohttp.TraceConfig()
-    trace.on_request_end.append(on_request_end)
-    return trace
+
+def rate_limit_trace() -> RateLimitTrace:
+    """The trace for ``discord.Client(http_trace=...)`` (:class:`RateLimitTrace`), no bucket bound yet."""
+    return RateLimitTrace()
+
+
+def draw_global(client: Any, bucket: TokenBucket) -> bool:
+    """Make every request ``client`` sends with the bot token draw on ``bucket`` (the bot-wide
+    bucket of :class:`ChannelBudgets`). Returns whether it could: a client made by
+    :func:`bots.discord.config.make_client` carries the trace that does it."""
+    trace = getattr(getattr(client, "http", None), "http_trace", None)
+    if not isinstance(trace, RateLimitTrace):
+        return False
+    trace.bucket = bucket
+    return True
 
 
 # --- budgets ------------------------------------------------------------------------------------------
+
+
+def global_bucket(per_second: float = GLOBAL_PER_SECOND) -> TokenBucket:
+    """The bot-wide bucket: 80% of the limit per second with a burst of 5%, so that any one
+    second, wherever it starts, holds at most 85% of the limit (42 of 50). The rest is margin:
+    a call is granted a little before Discord counts it, and the time between varies (the
+    network, a busy event loop: most at a surge, when a process takes many requests at once).
+    A burst of the whole limit followed by the rate would put limit + rate in one second."""
+    return TokenBucket(per_second * 0.8, max(1, int(per_second // 20)), name="global")
 
 
 def window_bucket(
@@ -124,7 +175,7 @@ class ChannelBudgets:
     _swept: float = field(init=False, default=0.0)
 
     def __post_init__(self) -> None:
-        self.bot = TokenBucket(self.global_per_second * 0.9, max(1, int(self.global_per_second // 5)), name="global")
+        self.bot = global_bucket(self.global_per_second)
         self._swept = self.clock()
         if self.coord is not None:
             self.share(self.coord, self.scope)

@@ -50,7 +50,7 @@ from bots.discord.format import (
     message_content,
 )
 from bots.discord.permissions import permission_message
-from bots.discord.ratelimit import ChannelBudgets, DiscordRateLimited, fail_fast
+from bots.discord.ratelimit import ChannelBudgets, fail_fast
 from core.actions import Action, under_summary
 from core.budget import TokenBucket
 from core.events import DiscussionFinished, DiscussionStarted, StageStarted
@@ -242,14 +242,11 @@ class DiscordSink(Sink):
             raise Undeliverable(self.problem)
         if self.on_call is not None:
             self.on_call(op)
-        await self.budgets.bot.acquire(0.0)
         try:
+            # The bot-wide bucket is drawn on by the HTTP session (ratelimit.RateLimitTrace),
+            # which also pauses it after a global 429.
             with fail_fast():
-                return await fn()
-        except DiscordRateLimited as rl:
-            if rl.is_global:
-                self.budgets.bot.pause(rl.retry_after)
-            raise
+                return await fn()  # a 429 is raised as RateLimited, for the renderer
         except discord.Forbidden as e:
             op, where = ("send_thread", "this thread") if self.in_thread else ("send", "this channel")
             raise await self._refused(permission_message(op, e, where)) from None
@@ -457,14 +454,10 @@ class InteractionSink(Sink):
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
         if self.problem is not None:
             raise Undeliverable(self.problem)
-        await self.budgets.bot.acquire(0.0)
         try:
+            # Interaction endpoints are outside Discord's global limit: no bot-wide call is taken.
             with fail_fast():
-                return await fn()
-        except DiscordRateLimited as rl:
-            if rl.is_global:
-                self.budgets.bot.pause(rl.retry_after)
-            raise
+                return await fn()  # a 429 is raised as RateLimited, for the renderer
         except discord.HTTPException as e:
             if not 400 <= e.status < 500:
                 raise

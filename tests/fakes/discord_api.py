@@ -24,27 +24,59 @@ Knobs:
   benchmarks;
 - ``on_store(channel_id, message_id, content, t)`` sees every stored content;
 - ``followup_limit``: the most follow-ups one interaction token may create (Discord allows
-  a user-installed app 5; more is refused with 400).
+  a user-installed app 5; more is refused with 400);
+- ``global_limit``: Discord's global limit, at most that many requests per second per bot
+  token across all of the bot's connections and processes (interaction endpoints excluded),
+  enforced over any sliding second; past it, a 429 with ``global: true`` and
+  ``X-RateLimit-Global``. Whether it is enforced or not, every request it would count is
+  recorded (:attr:`FakeDiscordAPI.global_calls`): :meth:`FakeDiscordAPI.peak` is the most in
+  any window, :meth:`FakeDiscordAPI.per_second` the count in each second.
+
+The gateway. ``GET /gateway`` and ``GET /gateway/bot`` (with ``shards``, Discord's recommended
+count: :attr:`FakeDiscordAPI.shards`, and ``session_start_limit``) point at a websocket
+(:attr:`FakeDiscordAPI.gateway_url`) that speaks the gateway's JSON protocol: HELLO, IDENTIFY
+(the token checked, close code 4004; ``shard: [id, count]`` checked, 4010), heartbeats and their
+ACKs, READY with the shard's guilds, then a GUILD_CREATE for each (guilds registered with
+:meth:`FakeDiscordAPI.add_guild`). :meth:`FakeDiscordAPI.dispatch` routes an event as Discord does:
+a guild's to every session of shard ``(guild_id >> 22) % count``, one without a guild to shard 0;
+:attr:`FakeDiscordAPI.delivered` records which session got what.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import json
 import re
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 DISCORD_EPOCH_MS = 1_420_070_400_000
 JSON = web.RequestKey("json", object)
 RATELIMIT = web.RequestKey("ratelimit", dict)
 _seq = itertools.count(1)
+
+#: Discord's global limit, per bot token, whatever the route and however many connections or
+#: processes make the requests: "All bots can make up to 50 requests per second to our API."
+#: and "Interaction endpoints are not bound to the bot's Global Rate Limit."
+#: (https://discord.com/developers/docs/topics/rate-limits#global-rate-limit). A 429 past it
+#: carries ``"global": true``, ``X-RateLimit-Global: true`` and ``X-RateLimit-Scope: global``.
+GLOBAL_LIMIT = 50
+#: Interaction endpoints (a callback, and the webhook of an interaction token): outside the global limit.
+_INTERACTION_ENDPOINT = re.compile(r"^/(interactions/\d+/[^/]+/callback|webhooks/\d+/[^/]+)(/|$)")
+#: Every permission (for a member or the app in an interaction).
+ALL_PERMISSIONS = str((1 << 53) - 1)
+#: What HELLO asks of the client (milliseconds between heartbeats).
+HEARTBEAT_MS = 41_250
+#: Gateway close codes (https://discord.com/developers/docs/topics/opcodes-and-status-codes#gateway).
+AUTHENTICATION_FAILED, INVALID_SHARD = 4004, 4010
 
 
 def snowflake() -> int:
@@ -54,6 +86,17 @@ def snowflake() -> int:
 
 def iso(t: float | None = None) -> str:
     return datetime.fromtimestamp(t or time.time(), UTC).isoformat()
+
+
+def shard_of(guild_id: int, count: int) -> int:
+    """The shard a guild's events go to: ``(guild_id >> 22) % num_shards``
+    (https://discord.com/developers/docs/topics/gateway#sharding)."""
+    return (guild_id >> 22) % count
+
+
+def user_json(uid: int, name: str = "ada", *, bot: bool = False) -> dict[str, Any]:
+    return {"id": str(uid), "username": name, "discriminator": "0", "global_name": name.title(), "avatar": None,
+            "bot": bot, "flags": 0}
 
 
 @dataclass
@@ -98,6 +141,28 @@ class _Window:
     used: int = 0
 
 
+@dataclass
+class GatewaySession:
+    """One gateway connection: the shard it identified as, and the events it was sent."""
+
+    ws: web.WebSocketResponse
+    session_id: str
+    shard: tuple[int, int] = (0, 1)  # (shard id, shard count), as in IDENTIFY
+    intents: int | None = None
+    seq: int = 0
+    closed: bool = False
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def receives(self, guild_id: int | None) -> bool:
+        """Whether Discord sends this session a guild's events (one without a guild: shard 0)."""
+        shard_id, count = self.shard
+        return (shard_of(guild_id, count) if guild_id else 0) == shard_id
+
+    def received(self, event: str) -> list[dict[str, Any]]:
+        return [d for e, d in self.events if e == event]
+
+
 class FakeDiscordAPI:
     def __init__(
         self,
@@ -107,6 +172,8 @@ class FakeDiscordAPI:
         token: str | None = None,
         channel_limit: tuple[int, float] | None = None,
         app_id: int | None = None,
+        global_limit: int | None = None,
+        shards: int = 1,
     ) -> None:
         self.host, self.port = host, port
         self.tokens: set[str] = {token} if token else set()
@@ -131,12 +198,28 @@ class FakeDiscordAPI:
         #: interaction token -> its messages: the original response first (None until it has one), then follow-ups
         self.webhook: dict[str, list[StoredMessage | None]] = {}
         self.followup_limit: int | None = None
+        #: Requests per second (any sliding second) per bot token; None: counted, not enforced.
+        self.global_limit = global_limit
+        #: Every request the global limit counts: (when, accepted), in arrival order.
+        self.global_calls: list[tuple[float, bool]] = []
+        self.global_limited = 0  # global 429s answered
+        self._global_granted: dict[str, collections.deque[float]] = {}
+        #: The gateway: Discord's recommended shard count (GET /gateway/bot), the guilds the bot is
+        #: in (guild id -> its GUILD_CREATE payload), and every session that identified.
+        self.shards = shards
+        self.guilds: dict[int, dict[str, Any]] = {}
+        self.sessions: list[GatewaySession] = []
+        self._sockets: set[web.WebSocketResponse] = set()
         self._runner: web.AppRunner | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/api/v10"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/gateway"
 
     async def start(self) -> None:
         app = web.Application(middlewares=[self._middleware])
@@ -157,6 +240,9 @@ class FakeDiscordAPI:
         r.add_patch("/api/v10/webhooks/{app}/{token}/messages/@original", self._edit_original)
         r.add_patch("/api/v10/webhooks/{app}/{token}/messages/{message}", self._edit_followup)
         r.add_post("/api/v10/webhooks/{app}/{token}", self._followup)
+        r.add_get("/api/v10/gateway", self._gateway)
+        r.add_get("/api/v10/gateway/bot", self._gateway_bot)
+        r.add_get("/gateway", self._socket)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -164,6 +250,8 @@ class FakeDiscordAPI:
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def stop(self) -> None:
+        for ws in list(self._sockets):
+            await ws.close(code=1001, message=b"Discord is going away.")
         if self._runner:
             await self._runner.cleanup()
 
@@ -196,6 +284,79 @@ class FakeDiscordAPI:
 
     def add_channel(self, channel_id: int, guild_id: int) -> None:
         self.channel_guild[channel_id] = guild_id
+        listed = self.guilds.get(guild_id, {}).get("channels")
+        if listed is not None and str(channel_id) not in {c["id"] for c in listed}:
+            listed.append(self.channel_json(channel_id))
+
+    async def wait_for(self, predicate: Callable[[], Any], within: float = 10.0, what: str = "condition", *,
+                       every: float = 0.05) -> None:
+        """Wait until ``predicate()`` holds (checked ``every`` seconds)."""
+        deadline = time.monotonic() + within
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} not reached within {within}s")
+            await asyncio.sleep(every)
+
+    # --- the global limit, as a test reads it ---------------------------------------------------
+    def peak(self, window: float = 1.0, *, accepted: bool | None = None) -> int:
+        """The most requests the global limit counted in any ``window`` seconds (sliding):
+        all of them, or only those ``accepted`` (or refused)."""
+        times = [t for t, ok in self.global_calls if accepted is None or ok is accepted]
+        best = start = 0
+        for i, t in enumerate(times):
+            while times[start] <= t - window:
+                start += 1
+            best = max(best, i - start + 1)
+        return best
+
+    def per_second(self) -> list[int]:
+        """How many requests the global limit counted in each second since the first."""
+        if not self.global_calls:
+            return []
+        first = self.global_calls[0][0]
+        counts = collections.Counter(int(t - first) for t, _ in self.global_calls)
+        return [counts.get(i, 0) for i in range(max(counts) + 1)]
+
+    # --- guilds and the gateway -----------------------------------------------------------------
+    def add_guild(self, guild_id: int | None = None, *, channels: int = 1, owner_id: int | None = None) -> int:
+        """The bot is in this guild (sent in GUILD_CREATE to the shard it belongs to), with
+        ``channels`` text channels of its own. Returns the guild id."""
+        gid = guild_id or snowflake()
+        self.guilds[gid] = guild_json(gid, owner_id or self.owner_id)
+        for _ in range(channels):
+            self.add_channel(snowflake(), gid)
+        return gid
+
+    def guild_channels(self, guild_id: int) -> list[int]:
+        return [int(c["id"]) for c in self.guilds[guild_id]["channels"]]
+
+    def live_sessions(self) -> list[GatewaySession]:
+        return [s for s in self.sessions if not s.closed]
+
+    async def dispatch(self, event: str, data: dict[str, Any]) -> list[GatewaySession]:
+        """Send a gateway event where Discord would: to every live session of the shard of its
+        ``guild_id``, or of shard 0 when it has none (a DM). Returns the sessions it went to."""
+        guild = int(data["guild_id"]) if data.get("guild_id") else None
+        targets = [s for s in self.live_sessions() if s.receives(guild)]
+        for s in targets:
+            await self._send_event(s, event, data)
+        return targets
+
+    def interaction_payload(self, guild_id: int, channel_id: int, user_id: int, name: str,
+                            options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """An INTERACTION_CREATE for ``/name`` by a member with every permission, in a guild channel."""
+        opts = [{"name": k, "type": 10 if isinstance(v, float) else 4 if isinstance(v, int) else 3, "value": v}
+                for k, v in (options or {}).items()]
+        return {
+            "id": str(snowflake()), "application_id": str(self.app_id), "type": 2,
+            "data": {"id": str(snowflake()), "name": name, "type": 1, "options": opts},
+            "guild_id": str(guild_id), "channel_id": str(channel_id), "channel": self.channel_json(channel_id),
+            "member": {"user": user_json(user_id, f"user{user_id % 10_000}"), "roles": [], "joined_at": iso(),
+                       "deaf": False, "mute": False, "flags": 0, "pending": False, "permissions": ALL_PERMISSIONS},
+            "token": "aW50ZXJhY3Rpb24" + secrets.token_urlsafe(24), "version": 1, "app_permissions": ALL_PERMISSIONS,
+            "locale": "en-US", "guild_locale": "en-US", "entitlements": [],
+            "authorizing_integration_owners": {"0": str(guild_id)}, "context": 0, "attachment_size_limit": 8388608,
+        }
 
     # --- plumbing -------------------------------------------------------------------------------
     @web.middleware
@@ -209,10 +370,13 @@ class FakeDiscordAPI:
             elif ctype.startswith("multipart/"):
                 body = _payload_json(raw)
         request[JSON] = body
+        if not request.path.startswith("/api/"):
+            return await handler(request)  # the gateway's websocket
         path = request.path.removeprefix("/api/v10")
         if self.latency:
             await asyncio.sleep(self.latency)
-        resp = self._auth(request) or self._rule(request.method, path) or self._bucket(request, path)
+        resp = (self._auth(request) or self._global(request, path) or self._rule(request.method, path)
+                or self._bucket(request, path))
         if resp is None:
             resp = await handler(request)
         self.calls.append(Call(request.method, path, body, resp.status, time.monotonic(), dict(request.query)))
@@ -221,9 +385,28 @@ class FakeDiscordAPI:
     def _auth(self, request: web.Request) -> web.Response | None:
         if request.path.startswith(("/api/v10/interactions/", "/api/v10/webhooks/")):
             return None  # authenticated by the interaction token in the path
+        if request.path == "/api/v10/gateway":
+            return None  # public
         auth = request.headers.get("Authorization", "")
         if not auth.startswith("Bot ") or (self.tokens and auth[4:] not in self.tokens):
             return _jr({"message": "401: Unauthorized", "code": 0}, status=401)
+        return None
+
+    def _global(self, request: web.Request, path: str) -> web.Response | None:
+        """Discord's global limit: per bot token, any route but the interaction endpoints."""
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith("Bot ") or _INTERACTION_ENDPOINT.match(path):
+            return None
+        now = time.monotonic()
+        granted = self._global_granted.setdefault(auth, collections.deque())
+        while granted and granted[0] <= now - 1.0:
+            granted.popleft()
+        accepted = self.global_limit is None or len(granted) < self.global_limit
+        self.global_calls.append((now, accepted))
+        if not accepted:
+            self.global_limited += 1
+            return self._too_many(granted[0] + 1.0 - now, global_=True)
+        granted.append(now)
         return None
 
     def _rule(self, method: str, path: str) -> web.Response | None:
@@ -237,18 +420,18 @@ class FakeDiscordAPI:
 
     def _too_many(self, retry_after: float, *, global_: bool = False, bucket: str = "fakebucket") -> web.Response:
         self.limited += 1
-        headers = {
-            "Via": "1.1 google",
-            "Retry-After": str(max(1, int(retry_after + 0.999))),
-            "X-RateLimit-Limit": "5",
-            "X-RateLimit-Remaining": "0",
-            "X-RateLimit-Reset-After": f"{retry_after:.3f}",
-            "X-RateLimit-Reset": f"{time.time() + retry_after:.3f}",
-            "X-RateLimit-Bucket": bucket,
-            "X-RateLimit-Scope": "global" if global_ else "user",
-        }
-        if global_:
-            headers["X-RateLimit-Global"] = "true"
+        headers = {"Via": "1.1 google", "Retry-After": str(max(1, int(retry_after + 0.999)))}
+        if global_:  # as Discord's example of an exceeded global limit: no route's headers
+            headers |= {"X-RateLimit-Global": "true", "X-RateLimit-Scope": "global"}
+        else:
+            headers |= {
+                "X-RateLimit-Limit": "5",
+                "X-RateLimit-Remaining": "0",
+                "X-RateLimit-Reset-After": f"{retry_after:.3f}",
+                "X-RateLimit-Reset": f"{time.time() + retry_after:.3f}",
+                "X-RateLimit-Bucket": bucket,
+                "X-RateLimit-Scope": "user",
+            }
         body = {"message": "You are being rate limited.", "retry_after": round(retry_after, 3), "global": global_}
         return _jr(body, status=429, headers=headers)
 
@@ -488,6 +671,98 @@ class FakeDiscordAPI:
     def interaction_messages(self, token: str) -> list[StoredMessage]:
         """What the interaction shows: its original response (if any) and its follow-ups."""
         return [m for m in self.webhook.get(token, []) if m is not None]
+
+    # --- the gateway ----------------------------------------------------------------------------
+    async def _gateway(self, request: web.Request) -> web.Response:
+        return _jr({"url": self.gateway_url})
+
+    async def _gateway_bot(self, request: web.Request) -> web.Response:
+        started = len(self.sessions)
+        return _jr({"url": self.gateway_url, "shards": self.shards,
+                    "session_start_limit": {"total": 1000, "remaining": max(0, 1000 - started),
+                                            "reset_after": 86_400_000, "max_concurrency": 1}})
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        """One gateway connection: HELLO, then IDENTIFY; heartbeats are acknowledged. A RESUME is
+        refused (op 9, not resumable): the client identifies again and gets READY anew."""
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        session = GatewaySession(ws, secrets.token_hex(16))
+        try:
+            await self._send(session, {"op": 10, "d": {"heartbeat_interval": HEARTBEAT_MS}})
+            async for msg in ws:
+                if msg.type is not WSMsgType.TEXT:
+                    continue
+                payload = json.loads(msg.data)
+                op = payload.get("op")
+                if op == 1:  # heartbeat
+                    await self._send(session, {"op": 11})
+                elif op == 2:
+                    await self._identify(session, payload.get("d") or {})
+                elif op == 6:  # resume
+                    await self._send(session, {"op": 9, "d": False})
+                # presence (3), voice (4), member requests (8): nothing to answer here
+        finally:
+            session.closed = True
+            self._sockets.discard(ws)
+        return ws
+
+    async def _identify(self, session: GatewaySession, d: dict[str, Any]) -> None:
+        token = str(d.get("token") or "").removeprefix("Bot ")
+        if not token or (self.tokens and token not in self.tokens):
+            await session.ws.close(code=AUTHENTICATION_FAILED, message=b"Authentication failed.")
+            return
+        try:
+            shard_id, count = (int(x) for x in d.get("shard") or (0, 1))
+        except (TypeError, ValueError):
+            shard_id, count = -1, 0
+        if not 0 <= shard_id < count:
+            await session.ws.close(code=INVALID_SHARD, message=b"Invalid shard.")
+            return
+        session.shard, session.intents = (shard_id, count), d.get("intents")
+        self.sessions.append(session)
+        mine = [g for g in self.guilds if session.receives(g)]
+        await self._send_event(session, "READY", {
+            "v": 10, "user": self.bot_user(), "guilds": [{"id": str(g), "unavailable": True} for g in mine],
+            "session_id": session.session_id, "resume_gateway_url": self.gateway_url,
+            "shard": [shard_id, count], "application": {"id": str(self.app_id), "flags": 0},
+        })
+        for g in mine:
+            await self._send_event(session, "GUILD_CREATE", self.guilds[g])
+
+    async def _send_event(self, session: GatewaySession, event: str, data: dict[str, Any]) -> None:
+        async with session.lock:
+            session.seq += 1
+            session.events.append((event, data))
+            await self._send(session, {"op": 0, "t": event, "s": session.seq, "d": data}, locked=True)
+
+    async def _send(self, session: GatewaySession, payload: dict[str, Any], *, locked: bool = False) -> None:
+        if session.ws.closed:
+            return
+        if locked:
+            await session.ws.send_str(json.dumps(payload))
+            return
+        async with session.lock:
+            await session.ws.send_str(json.dumps(payload))
+
+
+def guild_json(guild_id: int, owner_id: int) -> dict[str, Any]:
+    """A GUILD_CREATE payload: @everyone may do anything, no channels yet (``add_channel`` adds them)."""
+    return {
+        "id": str(guild_id), "name": f"guild-{guild_id % 10_000}", "icon": None, "splash": None,
+        "discovery_splash": None, "owner_id": str(owner_id), "afk_channel_id": None, "afk_timeout": 300,
+        "verification_level": 0, "default_message_notifications": 0, "explicit_content_filter": 0, "mfa_level": 0,
+        "nsfw_level": 0,
+        "roles": [{"id": str(guild_id), "name": "@everyone", "permissions": ALL_PERMISSIONS, "position": 0,
+                   "color": 0, "hoist": False, "managed": False, "mentionable": False, "flags": 0}],
+        "emojis": [], "stickers": [], "features": [], "system_channel_id": None, "system_channel_flags": 0,
+        "rules_channel_id": None, "vanity_url_code": None, "description": None, "banner": None, "premium_tier": 0,
+        "preferred_locale": "en-US", "public_updates_channel_id": None, "joined_at": iso(), "large": False,
+        "unavailable": False, "member_count": 2, "members": [], "channels": [], "threads": [], "voice_states": [],
+        "presences": [], "stage_instances": [], "guild_scheduled_events": [], "soundboard_sounds": [],
+        "premium_progress_bar_enabled": False,
+    }
 
 
 def _poll(create: dict[str, Any]) -> dict[str, Any]:
