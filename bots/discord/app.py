@@ -228,8 +228,9 @@ class DiscordFront(Requests):
         return True
 
     async def recover(self) -> int:
-        """Mark every message a previous process left open as interrupted. Returns how many."""
-        return await recovery.recover(self.client, self.services.store)
+        """Mark every message dead processes left open as interrupted (and keep doing so while
+        this one runs: a shard process that dies is taken over by another). Returns how many."""
+        return await self.services.take_over(FRONT_END, recovery.marker(self.client))
 
     # --- interactions -----------------------------------------------------------------------------------
     async def on_interaction(self, interaction: discord.Interaction) -> None:
