@@ -8,7 +8,9 @@ every message keeps the history of what it showed, so tests can check the thread
 and benchmarks can measure when text became visible.
 
 Rate limits are enforced as sliding windows (``limits``: calls per window per
-method per workspace; ``post_per_channel`` for ``chat.postMessage``).
+method per workspace, counted for the workspace whose token made the call;
+``post_per_channel`` for ``chat.postMessage``). ``latency`` (seconds) delays every
+Web API answer, standing for the network between a replica and Slack.
 
 ``users.info`` answers from ``admins`` / ``owners`` (ids that are workspace admins or
 owners); ``views.publish`` keeps each person's App Home in ``homes`` and
@@ -89,6 +91,7 @@ class FakeSlackAPI:
         scopes: str = "commands,chat:write,chat:write.customize,app_mentions:read,im:history,users:read",
         limits: dict[str, tuple[int, float]] | None = None,
         post_per_channel: tuple[int, float] | None = None,
+        latency: float = 0.0,
     ) -> None:
         self.bot_token = bot_token
         self.app_token = app_token
@@ -105,6 +108,7 @@ class FakeSlackAPI:
         self.archived: set[str] = set()  # channels whose chat.* calls answer is_archived
         self.auth_error: str | None = None
         self.delays: dict[str, float] = {}  # seconds a method takes to answer (to widen races)
+        self.latency = latency  # seconds every Web API call takes on the network (each way together)
         self._windows: dict[tuple[str, str], deque[float]] = defaultdict(deque)
         self._ts = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -223,12 +227,13 @@ class FakeSlackAPI:
         n = next(self._ts)
         return f"{1_800_000_000 + n}.{n:06d}"
 
-    def _limited(self, method: str, args: dict[str, Any]) -> float | None:
-        """Seconds to wait if this call is over a limit, else None (and the call is counted)."""
+    def _limited(self, method: str, args: dict[str, Any], team: str = "team") -> float | None:
+        """Seconds to wait if this call is over a limit, else None (and the call is counted).
+        A method's limit is counted per workspace (``team``), as Slack counts it."""
         checks: list[tuple[tuple[str, str], int, float]] = []
         if method in self.limits:
             n, per = self.limits[method]
-            checks.append(((method, "team"), n, per))
+            checks.append(((method, f"team:{team}"), n, per))
         if method == "chat.postMessage" and self.post_per_channel:
             n, per = self.post_per_channel
             checks.append(((method, str(args.get("channel"))), n, per))
@@ -262,6 +267,8 @@ class FakeSlackAPI:
         elif request.can_read_body:
             args.update(dict(parse_qsl(await request.text())))
         call = Call(method, args, time.monotonic())
+        if self.latency:
+            await asyncio.sleep(self.latency)
         if method in self.delays:
             await asyncio.sleep(self.delays[method])
         if method == "oauth.v2.access":
@@ -280,7 +287,7 @@ class FakeSlackAPI:
             return self._reply(
                 call, {"ok": False, "error": "ratelimited"}, 429, {"Retry-After": str(self.retry_after)}
             )
-        wait = self._limited(method, args)
+        wait = self._limited(method, args, call.team)
         if wait is not None:
             return self._reply(
                 call,
@@ -611,7 +618,8 @@ class FakeSlackAPI:
         return {
             "calls": [[c.method, c.status, c.t] for c in self.calls],
             "messages": [
-                {"channel": m.channel, "ts": m.ts, "thread_ts": m.thread_ts, "kind": m.kind, "history": m.history}
+                {"channel": m.channel, "ts": m.ts, "thread_ts": m.thread_ts, "kind": m.kind, "history": m.history,
+                 "streaming": m.streaming}
                 for m in self.messages.values()
             ],
         }
