@@ -1,10 +1,10 @@
 """Run every benchmark, then refresh the summary in README.md.
 
     python -m bench.run            # all
-    python -m bench.run core       # one (core, slack, discord, governance)
+    python -m bench.run core       # one (core, slack, discord, governance, replicas)
 
 Each benchmark module has ``main() -> dict`` that writes
-``bench/results/<name>.json`` (+ a PNG chart) and returns a ``summary`` list of
+``bench/results/<name>.json`` (+ a PNG chart for most) and returns a ``summary`` list of
 Markdown lines.
 """
 
@@ -22,6 +22,7 @@ BENCHES = {
     "slack": "bench.slack_bench",
     "discord": "bench.discord_bench",
     "governance": "bench.governance_bench",
+    "replicas": "bench.replica_bench",
 }
 MARK = "<!-- bench-summary -->"
 
