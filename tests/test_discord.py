@@ -27,7 +27,7 @@ from core.commands import COMMANDS, OPTIONS
 from core.config import Settings
 from core.errors import UsageError
 from core.services import Services, build_services
-from tests.fakes import database_bytes
+from tests.fakes import database_bytes, use_store_target
 from tests.fakes import vendor_errors as ve
 from tests.fakes.discord_api import FakeDiscordAPI, StoredMessage, iso, snowflake
 from tests.fakes.llm_server import FakeLLMServer, Scenario
@@ -155,7 +155,10 @@ def body(content: str) -> str:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Rig]:
+async def rig(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> AsyncIterator[Rig]:
+    use_store_target(request)  # a test that takes store_target runs on SQLite and on PostgreSQL
     app_id = snowflake()
     token = bot_token(app_id)
     async with FakeLLMServer() as llm, FakeDiscordAPI(token=token, app_id=app_id) as api:
@@ -660,7 +663,7 @@ async def test_info_commands_answer_ephemerally(rig: Rig) -> None:
 # --- start-up --------------------------------------------------------------------------------------------
 
 
-async def test_restart_marks_open_messages_interrupted(rig: Rig) -> None:
+async def test_restart_marks_open_messages_interrupted(rig: Rig, store_target: str) -> None:
     store = rig.services.store
     did = store.start_discussion(mode="single", command="ask", prompt="q", options={}, conversation=None,
                                  front_end="discord")
@@ -743,7 +746,7 @@ def test_labels_stay_short() -> None:
 
 
 async def test_no_secret_reaches_logs_messages_or_the_database(
-    rig: Rig, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    rig: Rig, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, store_target: str
 ) -> None:
     import logging
     import os
@@ -755,7 +758,8 @@ async def test_no_secret_reaches_logs_messages_or_the_database(
     rig.services.store.db.conn.commit()
     secrets_ = [os.environ["DISCORD_TOKEN"], *(os.environ[f"K_{p.upper()}"] for p in PROVIDERS)]
     shown = "\n".join(m.content for m in rig.api.messages.values())
-    stored = database_bytes()
+    stored = database_bytes(rig.services.store)
+    assert b"Price?" in stored  # the discussion is there to be searched
     assert "/messages" in caplog.text  # the client libraries' request logs were captured
     for s in secrets_:
         assert s not in caplog.text and s not in shown and s.encode() not in stored

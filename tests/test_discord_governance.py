@@ -26,7 +26,7 @@ from core.commands import COMMANDS
 from core.config import Settings
 from core.governance.admin import PASTED
 from core.services import build_services
-from tests.fakes import database_bytes
+from tests.fakes import database_bytes, use_store_target
 from tests.fakes.discord_api import FakeDiscordAPI, StoredMessage, iso, snowflake
 from tests.fakes.llm_server import FakeLLMServer, Scenario
 from tests.test_discord import ALL_PERMISSIONS, PROVIDERS, Rig, bot_token, user
@@ -135,7 +135,10 @@ class GovRig(Rig):
 
 
 @pytest.fixture
-async def gov(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[GovRig]:
+async def gov(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> AsyncIterator[GovRig]:
+    use_store_target(request)  # a test that takes store_target runs on SQLite and on PostgreSQL
     app_id = snowflake()
     token = bot_token(app_id)
     async with FakeLLMServer() as llm, FakeDiscordAPI(token=token, app_id=app_id) as api:
@@ -396,7 +399,7 @@ def bearer(headers: dict[str, str]) -> str:
 
 
 async def test_keys_typed_in_public_are_refused_and_private_ones_are_used(
-    gov: GovRig, caplog: pytest.LogCaptureFixture
+    gov: GovRig, caplog: pytest.LogCaptureFixture, store_target: str
 ) -> None:
     caplog.set_level(logging.DEBUG)
     leaked = "sk-" + secrets.token_hex(24)
@@ -432,6 +435,7 @@ async def test_keys_typed_in_public_are_refused_and_private_ones_are_used(
     gov.services.store.db.conn.commit()
     shown = "\n".join(m.content for m in gov.api.messages.values() if m.author.get("bot"))
     shown += json.dumps([gov.api.interaction_responses, gov.api.original_edits, gov.api.followups])
-    stored = database_bytes()
+    stored = database_bytes(gov.services.store)
+    assert b"And mine?" in stored  # the discussions are there to be searched
     for key in (leaked, mine, dm_key):
         assert key not in shown and key not in caplog.text and key.encode() not in stored

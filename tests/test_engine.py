@@ -23,7 +23,7 @@ from core.events import (
     TurnStarted,
 )
 from core.services import Services, build_services
-from tests.fakes import vendor_errors
+from tests.fakes import use_store_target, vendor_errors
 from tests.fakes.llm_server import FakeLLMServer, Scenario
 
 PROVIDERS = {
@@ -58,7 +58,9 @@ async def llm() -> AsyncIterator[FakeLLMServer]:
 
 
 @pytest.fixture
-async def svc(llm: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Services]:
+async def svc(llm: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+              request: pytest.FixtureRequest) -> AsyncIterator[Services]:
+    use_store_target(request)  # a test that takes store_target runs on SQLite and on PostgreSQL
     monkeypatch.setenv("PARLEY_CONFIG", str(user_config(tmp_path, llm.base_url)))
     for pid in PROVIDERS:
         monkeypatch.setenv(f"{pid.upper()}_API_KEY", f"test-key-{pid}-0123456789")
@@ -83,7 +85,9 @@ def streamed(events: list[Event], turn_id: str) -> str:
 
 
 # --- single / parallel ----------------------------------------------------------------------
-async def test_ask_streams_and_records_usage_and_cost(svc: Services, llm: FakeLLMServer) -> None:
+async def test_ask_streams_and_records_usage_and_cost(
+    svc: Services, llm: FakeLLMServer, store_target: str
+) -> None:
     llm.scenarios["alpha-1"] = Scenario(text="Launch on Tuesday with a teaser.", usage="top",
                                         prompt_tokens=100, completion_tokens=8)
     events = await run(svc, "ask", "provider:alpha When should we launch?")
@@ -124,7 +128,9 @@ async def test_compare_slow_and_failing_providers_do_not_block_others(svc: Servi
     assert {t.provider for t in fin.turns} == set(PROVIDERS)
 
 
-async def test_mid_stream_drop_keeps_partial_text_as_truncated(svc: Services, llm: FakeLLMServer) -> None:
+async def test_mid_stream_drop_keeps_partial_text_as_truncated(
+    svc: Services, llm: FakeLLMServer, store_target: str
+) -> None:
     llm.scenarios["alpha-1"] = Scenario(text="abcdefghijklmnopqrstuvwxyz", chunk_chars=2, drop_after_chunks=3)
     events = await run(svc, "ask", "provider:alpha hi")
     failed = finals(events)[0]
@@ -191,7 +197,7 @@ async def test_temperature_clamped_to_model_range(svc: Services, llm: FakeLLMSer
 
 
 # --- follow-ups -------------------------------------------------------------------------------
-async def test_follow_up_carries_context(svc: Services, llm: FakeLLMServer) -> None:
+async def test_follow_up_carries_context(svc: Services, llm: FakeLLMServer, store_target: str) -> None:
     llm.scenarios["alpha-1"] = Scenario(echo=True)
     await run(svc, "ask", "provider:alpha First question about pricing", conversation="c1")
     await run(svc, "ask", "provider:alpha And the follow-up?", conversation="c1")
@@ -204,7 +210,9 @@ async def test_follow_up_carries_context(svc: Services, llm: FakeLLMServer) -> N
     assert len(llm.requests_for("alpha-1")[-1].body["messages"]) == 2  # system + user only
 
 
-async def test_follow_up_history_trimmed_to_window(svc: Services, llm: FakeLLMServer) -> None:
+async def test_follow_up_history_trimmed_to_window(
+    svc: Services, llm: FakeLLMServer, store_target: str
+) -> None:
     llm.scenarios["alpha-1"] = Scenario(text="y" * 3000)
     for i in range(6):
         await run(svc, "ask", f"provider:alpha question {i} " + "x" * 2000, conversation="long")
@@ -215,7 +223,9 @@ async def test_follow_up_history_trimmed_to_window(svc: Services, llm: FakeLLMSe
 
 
 # --- consensus ---------------------------------------------------------------------------------
-async def test_consensus_stages_anonymity_and_ranking(svc: Services, llm: FakeLLMServer) -> None:
+async def test_consensus_stages_anonymity_and_ranking(
+    svc: Services, llm: FakeLLMServer, store_target: str
+) -> None:
     for pid, (_, model) in PROVIDERS.items():
         llm.scenarios[model] = Scenario(
             text=f"As {pid.title()} AI on {model}, my view: ship it. RANKING: A > B > C\nREVISED ANSWER: ship {pid}")
@@ -296,7 +306,9 @@ def test_borda_and_ranking_parse() -> None:
 
 
 # --- interruption ---------------------------------------------------------------------------------
-async def test_cancelled_discussion_is_marked_interrupted(svc: Services, llm: FakeLLMServer) -> None:
+async def test_cancelled_discussion_is_marked_interrupted(
+    svc: Services, llm: FakeLLMServer, store_target: str
+) -> None:
     llm.scenarios["alpha-1"] = Scenario(text="long " * 200, chunk_delay=0.01)
     req = parse("ask", "provider:alpha hi")
     gen = svc.engine.run(req)
@@ -309,14 +321,14 @@ async def test_cancelled_discussion_is_marked_interrupted(svc: Services, llm: Fa
     assert svc.store.discussion(did)["status"] == "interrupted"
 
 
-async def test_running_discussions_marked_interrupted_at_startup(svc: Services) -> None:
+async def test_running_discussions_marked_interrupted_at_startup(svc: Services, store_target: str) -> None:
     from core.store import Store
 
     def start(store: Store, front_end: str) -> str:
         return store.start_discussion(mode="single", command="ask", prompt="q", options={},
                                       conversation=None, front_end=front_end)
 
-    gone = Store(svc.settings.db)  # another process on the same database, since exited
+    gone = Store(svc.settings.store_target)  # another process on the same database, since exited
     did, other = start(gone, "console"), start(gone, "slack")
     gone.close()
     live = start(svc.store, "console")  # this process's own run, still going

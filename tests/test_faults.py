@@ -238,7 +238,7 @@ async def test_an_empty_answer_fails_its_turn_in_consensus(rig: Rig) -> None:
 # --- 8. a pause is keyed by provider, base URL and key --------------------------------------------------
 @pytest.mark.parametrize("wire", WIRES)
 async def test_a_fixed_configuration_is_tried_at_once_and_the_pause_is_noted_once(
-    wire: str, rig: Rig, monkeypatch: pytest.MonkeyPatch
+    wire: str, rig: Rig, monkeypatch: pytest.MonkeyPatch, store_target: str
 ) -> None:
     pid, model = WIRES[wire]
     url_env = f"{pid.upper()}_BASE_URL"
@@ -252,7 +252,10 @@ async def test_a_fixed_configuration_is_tried_at_once_and_the_pause_is_noted_onc
             again = results(await ask(svc, f"provider:{pid} hi"))[0]
             assert isinstance(again, TurnFailed) and again.error.message.count("paused") == 1, again.error.message
         assert len(rig.llm.requests_for(model)) == 1
-        assert KEY.encode() not in database_bytes()  # the pause keeps a fingerprint, never the key
+        stored = database_bytes(svc.store)
+        (mark,) = svc.store.health_marks().values()
+        assert mark.fingerprint and mark.fingerprint.encode() in stored  # the pause is there to be searched
+        assert KEY.encode() not in stored  # the pause keeps a fingerprint, never the key
 
         monkeypatch.setenv(f"{pid.upper()}_API_KEY", KEY + "-new")  # a new key is tried at once (read per turn)
         renewed = results(await ask(svc, f"provider:{pid} hi"))[0]

@@ -28,7 +28,7 @@ from core.commands import COMMANDS
 from core.config import Settings
 from core.errors import UsageError
 from core.services import Services, build_services
-from tests.fakes import database_bytes
+from tests.fakes import database_bytes, use_store_target
 from tests.fakes import vendor_errors as ve
 from tests.fakes.llm_server import FakeLLMServer, Scenario
 from tests.fakes.slack_api import FakeSlackAPI, Message, sign
@@ -125,7 +125,10 @@ def body_of(m: Message) -> str:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Rig]:
+async def rig(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> AsyncIterator[Rig]:
+    use_store_target(request)  # a test that takes store_target runs on SQLite and on PostgreSQL
     async with FakeLLMServer() as llm:
         cfg = tmp_path / "p.toml"
         cfg.write_text(
@@ -498,7 +501,7 @@ async def test_a_bad_mention_gets_an_ephemeral_reply(rig: Rig) -> None:
 
 
 # --- restart ----------------------------------------------------------------------------------------------
-async def test_a_restart_marks_every_open_message_interrupted(rig: Rig) -> None:
+async def test_a_restart_marks_every_open_message_interrupted(rig: Rig, store_target: str) -> None:
     rig.llm.scenarios["one-m"] = Scenario(text=answer(200, "s"), chunk_chars=5, chunk_delay=0.05)
     rig.llm.scenarios["two-m"] = Scenario(text=answer(200, "t"), chunk_chars=5, chunk_delay=0.05)
     rig.front.budgets("T0TEST").limits  # noqa: B018  (budgets exist before the run)
@@ -684,7 +687,7 @@ def test_cli_prints_the_manifest_and_refuses_to_start_without_a_token(capsys: py
 
 
 async def test_no_secret_reaches_logs_messages_or_the_database(
-    rig: Rig, caplog: pytest.LogCaptureFixture
+    rig: Rig, caplog: pytest.LogCaptureFixture, store_target: str
 ) -> None:
     import logging
     import os
@@ -696,7 +699,8 @@ async def test_no_secret_reaches_logs_messages_or_the_database(
     await rig.slash("/ask", "provider:one Hi", secret="not-the-secret")  # a rejected request is logged too
     secrets_ = [rig.slack.bot_token, rig.secret, *(os.environ[f"K_{p.upper()}"] for p in PROVIDERS)]
     shown = "\n".join(m.text for m in rig.slack.messages.values()) + json.dumps(rig.slack.responses)
-    stored = database_bytes()
+    stored = database_bytes(rig.services.store)
+    assert b"Price?" in stored  # the discussion is there to be searched
     assert "chat.postMessage" in caplog.text  # the client libraries' request logs were captured
     for s in secrets_:
         assert s not in caplog.text and s not in shown and s.encode() not in stored

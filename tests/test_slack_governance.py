@@ -26,7 +26,7 @@ from bots.slack.app import SlackFront
 from bots.slack.manifest import BOT_SCOPES, manifest
 from core.config import Settings
 from core.services import build_services
-from tests.fakes import database_bytes
+from tests.fakes import database_bytes, use_store_target
 from tests.fakes.llm_server import FakeLLMServer, Scenario
 from tests.fakes.slack_api import FakeSlackAPI, sign
 from tests.test_slack import PROVIDERS, Rig, body_of, bot_token
@@ -179,7 +179,10 @@ class GovRig(Rig):
 
 
 @pytest.fixture
-async def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[GovRig]:
+async def rig(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> AsyncIterator[GovRig]:
+    use_store_target(request)  # a test that takes store_target runs on SQLite and on PostgreSQL
     monkeypatch.setenv("PARLEY_SECRET_KEY", secrets.token_urlsafe(32))
     async with FakeLLMServer() as llm:
         cfg = tmp_path / "p.toml"
@@ -343,9 +346,14 @@ async def test_an_alert_dm_that_fails_is_logged_and_the_discussion_runs(
 
 
 # --- own keys -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("via", ["dm", "slash", "modal"])
+# Where the key is stored does not depend on how it was given: one way of giving it runs on PostgreSQL too.
+@pytest.mark.parametrize(
+    "via, store_target",
+    [("dm", "sqlite"), ("slash", "sqlite"), ("modal", "sqlite"), ("modal", "postgres")],
+    indirect=["store_target"],
+)
 async def test_a_persons_own_key_is_used_and_never_shown_logged_or_stored(
-    rig: GovRig, caplog: pytest.LogCaptureFixture, via: str
+    rig: GovRig, caplog: pytest.LogCaptureFixture, via: str, store_target: str
 ) -> None:
     caplog.set_level(logging.DEBUG)  # bolt, slack_sdk and Parley at their most talkative
     key = "sk-own-" + secrets.token_hex(16)
@@ -388,7 +396,8 @@ async def test_a_persons_own_key_is_used_and_never_shown_logged_or_stored(
     assert key not in sent
     assert key not in caplog.text and key[:-4] not in caplog.text
     assert "chat.postMessage" in caplog.text  # the client libraries' request logs were captured
-    assert key.encode() not in database_bytes()
+    stored = database_bytes(rig.services.store)
+    assert key[-4:].encode() in stored and key.encode() not in stored  # its row is there, sealed
 
 
 def test_keys_set_opens_the_modal_only_when_no_key_was_typed() -> None:
@@ -510,7 +519,7 @@ async def test_the_messages_tab_publishes_nothing(rig: GovRig) -> None:
     assert [c.args["user_id"] for c in rig.slack.called("views.publish")] == ["U1"]
 
 
-async def test_home_modals_go_through_core_and_republish_the_home(rig: GovRig) -> None:
+async def test_home_modals_go_through_core_and_republish_the_home(rig: GovRig, store_target: str) -> None:
     await rig.open_home(ADMIN)
     modal = await rig.click(views.OPEN_BUDGET)
     assert modal["callback_id"] == views.BUDGET_SET and len(modal["blocks"]) <= 100
