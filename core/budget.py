@@ -33,11 +33,12 @@ import heapq
 import itertools
 import logging
 import math
+import secrets
 import time
 from collections.abc import Callable
 from typing import Self
 
-from core.coord import Coordinator, Taken, Unavailable, retry_delay
+from core.coord import Claims, Coordinator, Taken, Unavailable, retry_delay
 
 log = logging.getLogger("parley.budget")
 
@@ -69,6 +70,8 @@ class TokenBucket:
         self.shared_until = 0.0
         self._failures = 0
         self._sending: set[asyncio.Task[None]] = set()
+        #: A shared take is in flight for the first waiter (it is not "waiting" for anyone else).
+        self._asking = False
 
     def share(self, coord: Coordinator, key: str) -> Self:
         """Draw on the limit ``key`` of ``coord`` too: every replica's bucket bound to that key
@@ -103,10 +106,15 @@ class TokenBucket:
             return True
         return False
 
+    def _queued(self) -> bool:
+        """Someone waits here, beyond a shared take already in flight (that one is being granted
+        now: it does not make a shared bucket look busy to the next caller)."""
+        return len(self._waiters) > (1 if self._asking else 0)
+
     def available(self) -> bool:
         """Whether a token could be granted right now without waiting (does not take it)."""
         now = self.clock()
-        if now < self.paused_until or now < self.shared_until or self._waiters:
+        if now < self.paused_until or now < self.shared_until or self._queued():
             return False
         self._refill(now)
         return self.tokens >= 1
@@ -153,7 +161,11 @@ class TokenBucket:
             if not self._can_take(priority):
                 await asyncio.sleep(max(self.wait_time(priority), 0.001))
                 continue
-            wait = await self._shared_take(priority)
+            self._asking = True
+            try:
+                wait = await self._shared_take(priority)
+            finally:
+                self._asking = False
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue
@@ -286,6 +298,8 @@ class WindowBudget(TokenBucket):
         self.credit_cap = max(1.0, limit // 2)
         self.credit = self.credit_cap
         self.credit_at = self.clock()
+        #: This bucket among the replicas sharing its key (its claims are counted under it).
+        self.replica = secrets.token_hex(6)
 
     @property
     def reserve(self) -> int:
@@ -324,9 +338,13 @@ class WindowBudget(TokenBucket):
             self.credit -= 1
 
     async def _ask(self, coord: Coordinator, key: str, priority: float) -> Taken:
-        # Progress updates leave this replica's reserve free in the shared window as well.
-        reserve = self.reserve if priority >= 1 else 0
-        return await coord.take(key, self.limit, self.window, reserve=reserve)
+        # Shared with the other replicas as well: the pacing of progress updates (one credit
+        # bucket for all, at the window's sustained rate), and the slots held back for every
+        # replica's messages still waiting for their finals.
+        progress = priority >= 1
+        pace = (1 / self.pace, self.credit_cap) if progress and self.pace else None
+        claims = Claims(self.replica, self.claims, self.reserve_cap, progress)
+        return await coord.take(key, self.limit, self.window, pace=pace, claims=claims)
 
     def idle(self) -> bool:
         """No claim, no waiter, no pause, and nothing spent within the window."""
@@ -338,7 +356,7 @@ class WindowBudget(TokenBucket):
         return (
             now >= self.paused_until
             and now >= self.shared_until
-            and not self._waiters
+            and not self._queued()
             and self._credit(now) >= 1
             and self._free(now) >= 1 + self.reserve
         )

@@ -96,13 +96,31 @@ class Taken(NamedTuple):
     at: float = 0.0
 
 
+class Claims(NamedTuple):
+    """One replica's messages still waiting for a final call from a shared window."""
+
+    replica: str
+    count: int
+    #: At most this many slots are held back for every replica's claims together.
+    cap: int
+    #: Whether this take is a progress update (the claims are held back from it) or a final.
+    progress: bool
+
+
 class Coordinator(Protocol):
     #: Whether other processes see the same state (Redis), or only this one (in process).
     shared: bool
 
-    async def take(self, key: str, limit: int, window: float, *, reserve: int = 0) -> Taken:
+    async def take(self, key: str, limit: int, window: float, *, reserve: int = 0,
+                   pace: tuple[float, float] | None = None, claims: Claims | None = None) -> Taken:
         """One call from "at most ``limit`` per sliding ``window`` seconds" on ``key``, granted
-        only if ``reserve`` more slots would still be free after it."""
+        only if ``reserve`` more slots would still be free after it.
+
+        ``pace`` (rate per second, burst): the call also needs a credit from a token bucket
+        on the key, spent only when the call is granted, so that every replica's progress
+        updates together keep the window's sustained rate. ``claims``: this replica's
+        messages still waiting for a final call from the window; the slots held back are then
+        every replica's claims together (capped), instead of ``reserve``."""
         ...
 
     async def take_rate(self, key: str, rate: float, burst: float) -> Taken:
@@ -154,6 +172,7 @@ class LocalCoordinator:
         self._seen: dict[tuple[str, str], float] = {}
         self._expiries: list[tuple[float, tuple[str, str]]] = []
         self._topics: dict[str, set[asyncio.Queue[str]]] = {}
+        self._claims: dict[str, dict[str, tuple[int, float]]] = {}
 
     def _pause_left(self, key: str, now: float) -> float:
         until = self._paused.get(key)
@@ -164,17 +183,35 @@ class LocalCoordinator:
             return 0.0
         return until - now
 
-    async def take(self, key: str, limit: int, window: float, *, reserve: int = 0) -> Taken:
+    async def take(self, key: str, limit: int, window: float, *, reserve: int = 0,
+                   pace: tuple[float, float] | None = None, claims: Claims | None = None) -> Taken:
         now = self.clock()
         left = self._pause_left(key, now)
         if left:
             return Taken(False, left, True, now)
+        if claims is not None:
+            held = self._claims.setdefault(key, {})
+            held[claims.replica] = (claims.count, now + window)
+            for replica, (_, until) in list(held.items()):
+                if until < now:
+                    del held[replica]
+            total = sum(n for n, _ in held.values())
+            reserve = min(total, claims.cap) if claims.progress else 0
+        tat = 0.0
+        if pace is not None:
+            interval = 1.0 / pace[0]
+            tat = max(self._tat.get(f"pace:{key}", now), now)
+            allowed = tat - interval * (max(1.0, pace[1]) - 1)
+            if allowed > now:
+                return Taken(False, allowed - now, False, now)
         stamps = self._logs.setdefault(key, collections.deque())
         while stamps and stamps[0] <= now - window:
             stamps.popleft()
         short = len(stamps) + 1 + reserve - limit
         if short <= 0:
             stamps.append(now)
+            if pace is not None:
+                self._tat[f"pace:{key}"] = tat + 1.0 / pace[0]
             return Taken(True, 0.0, False, now)
         if not stamps:
             del self._logs[key]
@@ -241,19 +278,46 @@ class LocalCoordinator:
 # to a string can drop digits of a 16-digit value.
 
 _WINDOW = """
--- KEYS[1] grant log (sorted set, scores: grant times), KEYS[2] pause flag
--- ARGV[1] limit, ARGV[2] window (us), ARGV[3] slots to leave free, ARGV[4] a unique member
+-- KEYS[1] grant log (sorted set, scores: grant times), KEYS[2] pause flag,
+-- KEYS[3] pace bucket (theoretical arrival time, us), KEYS[4] claims (hash: replica -> "count:until")
+-- ARGV[1] limit, ARGV[2] window (us), ARGV[3] slots to leave free, ARGV[4] a unique member,
+-- ARGV[5] pace interval (us, 0: none), ARGV[6] pace burst,
+-- ARGV[7] replica ('': no claims), ARGV[8] its claims, ARGV[9] cap on the slots held back, ARGV[10] progress (1/0)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local paused = redis.call('PTTL', KEYS[2])
 if paused > 0 then return {0, paused * 1000, 1, now} end
 local limit, window, reserve = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local ttl = string.format('%d', math.ceil(window / 1000) + 1000)
+if ARGV[7] ~= '' then
+  redis.call('HSET', KEYS[4], ARGV[7], ARGV[8] .. ':' .. string.format('%d', now + window))
+  redis.call('PEXPIRE', KEYS[4], ttl)
+  local total = 0
+  local all = redis.call('HGETALL', KEYS[4])
+  for i = 1, #all, 2 do
+    local n, untl = string.match(all[i + 1], '^(%d+):(%d+)$')
+    if n == nil or tonumber(untl) < now then redis.call('HDEL', KEYS[4], all[i]) else total = total + tonumber(n) end
+  end
+  if ARGV[10] == '1' then reserve = math.min(total, tonumber(ARGV[9])) else reserve = 0 end
+end
+local interval = tonumber(ARGV[5])
+local tat = now
+if interval > 0 then
+  local stored = redis.call('GET', KEYS[3])
+  if stored and tonumber(stored) > now then tat = tonumber(stored) end
+  local allowed = tat - interval * (tonumber(ARGV[6]) - 1)
+  if allowed > now then return {0, allowed - now, 0, now} end
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now - window))
 local used = redis.call('ZCARD', KEYS[1])
 local short = used + 1 + reserve - limit
 if short <= 0 then
   redis.call('ZADD', KEYS[1], string.format('%d', now), ARGV[4])
-  redis.call('PEXPIRE', KEYS[1], string.format('%d', math.ceil(window / 1000) + 1000))
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  if interval > 0 then
+    tat = tat + interval
+    redis.call('SET', KEYS[3], string.format('%d', tat), 'PX', string.format('%d', math.ceil((tat - now) / 1000) + 1000))
+  end
   return {1, 0, 0, now}
 end
 if short > used then return {0, math.ceil(window / limit), 0, now} end
@@ -368,10 +432,15 @@ class RedisCoordinator:
     def _keys(kind: str, key: str) -> list[str]:
         return [f"{PREFIX}{kind}:{{{key}}}", f"{PREFIX}pause:{{{key}}}"]
 
-    async def take(self, key: str, limit: int, window: float, *, reserve: int = 0) -> Taken:
+    async def take(self, key: str, limit: int, window: float, *, reserve: int = 0,
+                   pace: tuple[float, float] | None = None, claims: Claims | None = None) -> Taken:
         member = f"{self._member}{next(self._seq)}"
-        args: list[int | str] = [int(limit), max(1, round(window * 1e6)), max(0, int(reserve)), member]
-        reply = await self._call("a budget take", lambda: self._window(self._keys("window", key), args))
+        keys = [*self._keys("window", key), f"{PREFIX}pace:{{{key}}}", f"{PREFIX}claims:{{{key}}}"]
+        args: list[int | str] = [int(limit), max(1, round(window * 1e6)), max(0, int(reserve)), member,
+                                 max(1, round(1e6 / pace[0])) if pace else 0, max(1, int(pace[1])) if pace else 1,
+                                 claims.replica if claims else "", max(0, claims.count) if claims else 0,
+                                 max(0, claims.cap) if claims else 0, int(claims.progress) if claims else 0]
+        reply = await self._call("a budget take", lambda: self._window(keys, args))
         return _taken(reply)
 
     async def take_rate(self, key: str, rate: float, burst: float) -> Taken:

@@ -297,6 +297,64 @@ async def test_two_replicas_window_budgets_together_stay_within_one_limit(pair) 
     assert all(bk.granted > 0 for bk in buckets)
 
 
+async def test_a_window_take_can_be_paced_by_one_credit_bucket_for_every_replica(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    pace = (10.0, 3)  # 10 per second, 3 at once
+    got = [(await c.take("test:paced", 100, 30.0, pace=pace)).granted for c in (a, b, a)]
+    assert got == [True] * 3  # the burst, shared
+    refused = await b.take("test:paced", 100, 30.0, pace=pace)
+    assert not refused.granted and 0 < refused.wait <= 0.1 + 1e-3  # the window has room: the pace says no
+    assert (await b.take("test:paced", 100, 30.0)).granted  # a final is not paced
+    # The credit is spent only when the window grants: a full window leaves it for later.
+    for c in (a, b):
+        await c.take("test:full", 1, 30.0)
+    full = await a.take("test:full", 1, 30.0, pace=(1.0, 1))
+    assert not full.granted and full.wait > 1.0  # waits for the window, not the pace
+    assert (await b.take("test:full2", 1, 30.0, pace=(1.0, 1))).granted  # another key: its own pace
+
+
+async def test_slots_are_held_back_for_every_replicas_claims_together(pair) -> None:  # type: ignore[no-untyped-def]
+    from core.coord import Claims
+
+    a, b = pair
+    # Replica "a" has 3 messages waiting for their finals; "b" has none and only sends progress.
+    assert (await a.take("test:claims", 6, 30.0, claims=Claims("a", 3, 4, True))).granted
+    taken = [(await b.take("test:claims", 6, 30.0, claims=Claims("b", 0, 4, True))).granted for _ in range(4)]
+    assert taken == [True, True, False, False]  # 6 slots - a's 3 held back - the 1 a used
+    # a's finals may use the slots held back for them.
+    finals = [(await a.take("test:claims", 6, 30.0, claims=Claims("a", 3, 4, False))).granted for _ in range(3)]
+    assert finals == [True, True, True]
+    # The cap: never more than 4 held back, whatever the replicas claim together.
+    await a.take("test:cap", 10, 30.0, claims=Claims("a", 9, 4, False))
+    await b.take("test:cap", 10, 30.0, claims=Claims("b", 9, 4, False))
+    grants = [(await b.take("test:cap", 10, 30.0, claims=Claims("b", 9, 4, True))).granted for _ in range(6)]
+    assert grants == [True] * 4 + [False] * 2  # 10 - 2 used - 4 held back
+
+
+async def test_two_replicas_progress_updates_together_keep_one_processs_pace(pair) -> None:  # type: ignore[no-untyped-def]
+    """Each replica's own credit would let N replicas spend N times the window's sustained rate on
+    progress updates early on, leaving the finals to queue behind a spent window."""
+    a, b = pair
+    limit, window = 40, 2.0
+    buckets = [WindowBudget(limit, window, name="p").share(c, "test:pace") for c in (a, b)]
+    stamps: list[float] = []
+
+    async def progress(bucket: WindowBudget) -> None:
+        while True:
+            await bucket.acquire(1.0)
+            stamps.append(time.monotonic())
+
+    tasks = [asyncio.create_task(progress(bk)) for bk in buckets for _ in range(5)]
+    await asyncio.sleep(0.3)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    one = buckets[0]
+    # What one process's budget grants in 0.3 s: its credit (half the window's calls) plus the pace.
+    allowed = one.credit_cap + 0.3 / one.pace + 1
+    assert limit // 2 <= len(stamps) <= allowed < limit
+
+
 async def test_a_429_paused_by_one_replica_holds_the_others_budget(redis_url: str) -> None:
     a, b = RedisCoordinator(redis_url), RedisCoordinator(redis_url)
     seen, other = (WindowBudget(5, 1.0).share(c, "test:pause") for c in (a, b))
