@@ -6,9 +6,10 @@ commands are kept so tests can read the final state of a channel.
 
 Endpoints: ``GET /users/@me``, ``GET /oauth2/applications/@me``, application
 command bulk overwrite/list (global and guild), channel messages create / edit /
-get, thread from a message, a DM channel with a user (``POST /users/@me/channels``;
-:meth:`FakeDiscordAPI.dm_messages` reads what was sent there), interaction callback,
-original response edit, follow-ups and their edits. Messages keep their ``components``
+get, typing (``POST /channels/{id}/typing``), thread from a message, a DM channel with a
+user (``POST /users/@me/channels``; :meth:`FakeDiscordAPI.dm_messages` reads what was sent
+there), interaction callback, original response edit, follow-ups and their edits.
+Messages keep their ``components``
 and ``poll`` (answers numbered from 1, as Discord numbers them); interaction messages
 (original responses and follow-ups) are kept per token in :attr:`FakeDiscordAPI.webhook`;
 an update (callback type 7) edits the token's original when a test set which message that is.
@@ -19,18 +20,23 @@ Knobs:
   Discord does (``retry_after`` JSON, ``Retry-After``, ``X-RateLimit-*`` and a
   ``Via`` header; without ``Via`` discord.py takes a 429 for a Cloudflare ban);
 - :meth:`forbid` answers 403 Missing Permissions (code 50013);
-- ``channel_limit=(n, window)`` enforces a per-channel message bucket (create
-  and edit share it) with fixed windows and real ``X-RateLimit-*`` headers, for
-  benchmarks;
+- ``channel_limit=(n, window)`` enforces a per-channel message bucket with fixed
+  windows and real ``X-RateLimit-*`` headers, for benchmarks: creates and edits
+  share it, or, with ``edits_apart=True``, each has its own count of ``n`` per
+  ``window`` while both report one ``X-RateLimit-Bucket`` (what bots observe on
+  Discord: :data:`CHANNEL_MESSAGES`);
+- ``latency``: the network's round trip, in seconds (default 0): half of it passes before a
+  request is handled (so a stored message is stored then) and half before the answer leaves;
 - ``on_store(channel_id, message_id, content, t)`` sees every stored content;
 - ``followup_limit``: the most follow-ups one interaction token may create (Discord allows
   a user-installed app 5; more is refused with 400);
 - ``global_limit``: Discord's global limit, at most that many requests per second per bot
   token across all of the bot's connections and processes (interaction endpoints excluded),
-  enforced over any sliding second; past it, a 429 with ``global: true`` and
-  ``X-RateLimit-Global``. Whether it is enforced or not, every request it would count is
-  recorded (:attr:`FakeDiscordAPI.global_calls`): :meth:`FakeDiscordAPI.peak` is the most in
-  any window, :meth:`FakeDiscordAPI.per_second` the count in each second.
+  enforced over any sliding ``global_window`` (1 s; a benchmark that compresses time shrinks
+  it); past it, a 429 with ``global: true`` and ``X-RateLimit-Global``. Whether it is
+  enforced or not, every request it would count is recorded
+  (:attr:`FakeDiscordAPI.global_calls`): :meth:`FakeDiscordAPI.peak` is the most in any
+  window, :meth:`FakeDiscordAPI.per_second` the count in each second.
 
 The gateway. ``GET /gateway`` and ``GET /gateway/bot`` (with ``shards``, Discord's recommended
 count: :attr:`FakeDiscordAPI.shards`, and ``session_start_limit``) point at a websocket
@@ -69,6 +75,15 @@ _seq = itertools.count(1)
 #: (https://discord.com/developers/docs/topics/rate-limits#global-rate-limit). A 429 past it
 #: carries ``"global": true``, ``X-RateLimit-Global: true`` and ``X-RateLimit-Scope: global``.
 GLOBAL_LIMIT = 50
+#: Discord's per-channel message bucket, as bots observe it: Discord does not publish it ("rate
+#: limits should not be hard coded", https://discord.com/developers/docs/topics/rate-limits) and
+#: tells it only in the ``X-RateLimit-*`` headers. What those headers are seen to say: 5 per 5 s per
+#: channel for ``POST /channels/{id}/messages`` and ``PATCH /channels/{id}/messages/{id}``, with one
+#: ``X-RateLimit-Bucket`` hash for both (discord/discord-api-docs#2761, "hashes of 5/5"; #981), yet
+#: counted apart: after the creates are spent an edit still goes through, and each answers
+#: ``remaining = limit - 1`` right after the other (discord/discord-api-docs#1442 in 2020, #8073 in
+#: 2026). ``edits_apart=True`` is that reading; the default (one count for both) is the stricter one.
+CHANNEL_MESSAGES = (5, 5.0)
 #: Interaction endpoints (a callback, and the webhook of an interaction token): outside the global limit.
 _INTERACTION_ENDPOINT = re.compile(r"^/(interactions/\d+/[^/]+/callback|webhooks/\d+/[^/]+)(/|$)")
 #: Every permission (for a member or the app in an interaction).
@@ -173,7 +188,10 @@ class FakeDiscordAPI:
         channel_limit: tuple[int, float] | None = None,
         app_id: int | None = None,
         global_limit: int | None = None,
+        global_window: float = 1.0,
         shards: int = 1,
+        latency: float = 0.0,
+        edits_apart: bool = False,
     ) -> None:
         self.host, self.port = host, port
         self.tokens: set[str] = {token} if token else set()
@@ -191,15 +209,18 @@ class FakeDiscordAPI:
         self.followups: list[dict[str, Any]] = []
         self.rules: list[Rule] = []
         self.channel_limit = channel_limit
-        self.windows: dict[int, _Window] = {}
+        #: Creates and edits counted apart in a channel (each ``channel_limit``), one bucket hash.
+        self.edits_apart = edits_apart
+        self.windows: dict[int | tuple[int, str], _Window] = {}
         self.limited = 0  # 429s answered
         self.on_store: Callable[[int, int, str, float], None] | None = None
-        self.latency = 0.0  # seconds added to every response
+        self.latency = latency  # the round trip: half before a request is handled, half after
         #: interaction token -> its messages: the original response first (None until it has one), then follow-ups
         self.webhook: dict[str, list[StoredMessage | None]] = {}
         self.followup_limit: int | None = None
         #: Requests per second (any sliding second) per bot token; None: counted, not enforced.
         self.global_limit = global_limit
+        self.global_window = global_window
         #: Every request the global limit counts: (when, accepted), in arrival order.
         self.global_calls: list[tuple[float, bool]] = []
         self.global_limited = 0  # global 429s answered
@@ -236,6 +257,7 @@ class FakeDiscordAPI:
         r.add_get("/api/v10/channels/{channel}/messages/{message}", self._get_message)
         r.add_patch("/api/v10/channels/{channel}/messages/{message}", self._edit_message)
         r.add_post("/api/v10/channels/{channel}/messages/{message}/threads", self._create_thread)
+        r.add_post("/api/v10/channels/{channel}/typing", self._typing)
         r.add_post("/api/v10/interactions/{id}/{token}/callback", self._callback)
         r.add_patch("/api/v10/webhooks/{app}/{token}/messages/@original", self._edit_original)
         r.add_patch("/api/v10/webhooks/{app}/{token}/messages/{message}", self._edit_followup)
@@ -374,12 +396,14 @@ class FakeDiscordAPI:
             return await handler(request)  # the gateway's websocket
         path = request.path.removeprefix("/api/v10")
         if self.latency:
-            await asyncio.sleep(self.latency)
+            await asyncio.sleep(self.latency / 2)  # the request on its way
         resp = (self._auth(request) or self._global(request, path) or self._rule(request.method, path)
                 or self._bucket(request, path))
         if resp is None:
             resp = await handler(request)
         self.calls.append(Call(request.method, path, body, resp.status, time.monotonic(), dict(request.query)))
+        if self.latency:
+            await asyncio.sleep(self.latency / 2)  # the answer on its way back
         return resp
 
     def _auth(self, request: web.Request) -> web.Response | None:
@@ -399,13 +423,13 @@ class FakeDiscordAPI:
             return None
         now = time.monotonic()
         granted = self._global_granted.setdefault(auth, collections.deque())
-        while granted and granted[0] <= now - 1.0:
+        while granted and granted[0] <= now - self.global_window:
             granted.popleft()
         accepted = self.global_limit is None or len(granted) < self.global_limit
         self.global_calls.append((now, accepted))
         if not accepted:
             self.global_limited += 1
-            return self._too_many(granted[0] + 1.0 - now, global_=True)
+            return self._too_many(granted[0] + self.global_window - now, global_=True)
         granted.append(now)
         return None
 
@@ -418,14 +442,17 @@ class FakeDiscordAPI:
                 return _jr({"message": "Missing Permissions", "code": 50013}, status=403)
         return None
 
-    def _too_many(self, retry_after: float, *, global_: bool = False, bucket: str = "fakebucket") -> web.Response:
+    def _too_many(self, retry_after: float, *, global_: bool = False, bucket: str = "fakebucket",
+                  limit: int = 5) -> web.Response:
         self.limited += 1
+        # Retry-After is whole seconds, as Discord sends it; the body's retry_after (and the bucket's
+        # X-RateLimit-Reset-After) carry the exact time, which is what discord.py and Parley read.
         headers = {"Via": "1.1 google", "Retry-After": str(max(1, int(retry_after + 0.999)))}
         if global_:  # as Discord's example of an exceeded global limit: no route's headers
             headers |= {"X-RateLimit-Global": "true", "X-RateLimit-Scope": "global"}
         else:
             headers |= {
-                "X-RateLimit-Limit": "5",
+                "X-RateLimit-Limit": str(limit),
                 "X-RateLimit-Remaining": "0",
                 "X-RateLimit-Reset-After": f"{retry_after:.3f}",
                 "X-RateLimit-Reset": f"{time.time() + retry_after:.3f}",
@@ -436,7 +463,8 @@ class FakeDiscordAPI:
         return _jr(body, status=429, headers=headers)
 
     def _bucket(self, request: web.Request, path: str) -> web.Response | None:
-        """Per-channel message bucket (create + edit), fixed windows, like Discord's headers say."""
+        """Per-channel message bucket (create + edit, or each apart: ``edits_apart``), fixed windows,
+        like Discord's headers say."""
         if self.channel_limit is None:
             return None
         m = re.match(r"^/channels/(\d+)/messages(/\d+)?$", path)
@@ -445,12 +473,12 @@ class FakeDiscordAPI:
         limit, window = self.channel_limit
         channel = int(m.group(1))
         now = time.monotonic()
-        w = self.windows.setdefault(channel, _Window())
+        w = self.windows.setdefault((channel, request.method) if self.edits_apart else channel, _Window())
         if now - w.started >= window:
             w.started, w.used = now, 0
         reset_after = max(0.0, window - (now - w.started))
         if w.used >= limit:
-            return self._too_many(reset_after, bucket=f"msg-{channel}")
+            return self._too_many(reset_after, bucket=f"msg-{channel}", limit=limit)
         w.used += 1
         request[RATELIMIT] = {
             "X-RateLimit-Limit": str(limit),
@@ -519,6 +547,13 @@ class FakeDiscordAPI:
 
     async def _get_commands(self, request: web.Request) -> web.Response:
         return _jr(self.commands.get(request.match_info.get("guild", "global"), []))
+
+    async def _typing(self, request: web.Request) -> web.Response:
+        """The typing indicator (https://discord.com/developers/docs/resources/channel#trigger-typing-indicator)."""
+        channel = int(request.match_info["channel"])
+        if channel not in self.threads and channel not in self.channel_guild:
+            return _jr({"message": "Unknown Channel", "code": 10003}, status=404)
+        return web.Response(status=204)
 
     def channel_json(self, channel_id: int) -> dict[str, Any]:
         if channel_id in self.threads:
