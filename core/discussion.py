@@ -75,7 +75,8 @@ class Engine:
         try:
             if grant is None:
                 panel = self.panel(request)
-            await self.store.settled()  # earlier turns of this conversation are in before history is read
+            if (conversation and not request.fresh) or request.continues:
+                await self.store.settled()  # earlier turns of this conversation are in before history is read
         except BaseException:
             if grant is not None:
                 grant.release()

@@ -41,6 +41,7 @@ from core.providers.base import (
     Usage,
     UsageChunk,
 )
+from core.providers.http import Deadline
 from core.providers.retry import RetryPolicy, given_up, stream_with_retries
 from core.usage import turn_usage
 
@@ -52,6 +53,11 @@ if TYPE_CHECKING:
     from core.store import Store
 
 FIRST, IDLE, TOTAL = "PARLEY_FIRST_TOKEN_TIMEOUT", "PARLEY_IDLE_TIMEOUT", "PARLEY_TURN_TIMEOUT"
+#: Once a turn's text has started, its stream is read at most this often (seconds): what
+#: arrived meanwhile comes in one read. No platform shows text that fast (a message is
+#: edited about once a second), while every read taken alone costs a task switch through
+#: each layer of the stream; the first token is read the moment it comes.
+GATHER = 0.05
 
 
 @dataclass(slots=True)
@@ -67,25 +73,17 @@ class _Progress:
     finish: str | None = None
 
 
-class _Clock:
-    """A turn's deadlines, shared by all its attempts, and the one timer that enforces them.
-
-    A token only moves a float (:attr:`last`); the timer, when it rings early,
-    re-arms itself at the deadline now in force, so the hot path creates no timer
-    per chunk. It cancels the turn's task only while :meth:`wait` awaits a chunk
-    (never while a reader of the turn's events runs), and :meth:`wait` turns that
-    cancellation into the deadline's error, as ``asyncio.timeout`` does.
-    """
+class _Clock(Deadline):
+    """A turn's deadlines, shared by all its attempts, and the one timer that enforces them
+    (:class:`core.providers.http.Deadline`): a token only moves :attr:`last`. The timer
+    interrupts only the wait for a chunk, never a reader of the turn's events."""
 
     def __init__(self, settings: Settings, late: Callable[[str], ParleyError]) -> None:
-        self.loop = asyncio.get_running_loop()
+        super().__init__()
         self.settings = settings
         self.late = late
         self.start = self.loop.time()
         self.last: float | None = None  # when the last token (text or reasoning) arrived
-        self._waiting: asyncio.Task[object] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._rang = False
 
     def next(self) -> tuple[float, str]:
         """When the deadline in force falls, and the setting that puts it there."""
@@ -97,44 +95,23 @@ class _Clock:
             at, name = self.last + s.idle_timeout, IDLE
         return (at, name) if at < cap else (cap, TOTAL)
 
+    def due(self) -> float:
+        return self.next()[0]
+
+    def expired(self) -> ParleyError:
+        return self.late(self.next()[1])
+
     def remaining(self) -> float:
         return self.next()[0] - self.loop.time()
 
-    def _ring(self) -> None:
-        self._timer = None
-        at = self.next()[0]
-        if self.loop.time() < at:
-            self._timer = self.loop.call_at(at, self._ring)  # a token moved the deadline
-        elif self._waiting is not None:
-            self._rang = True
-            self._waiting.cancel()
-        # else: due while the reader runs; wait() sees it before its next await
-
     async def wait(self, stream: AsyncIterator[Chunk]) -> Chunk | None:
         """The next chunk, None at the end; raises the deadline's error when one passes."""
-        now = self.loop.time()
         if self.last is not None:
-            self.last = now  # idle time is the provider's silence, not the time a reader took
-        at, setting = self.next()
-        if now >= at:
-            raise self.late(setting)
-        if self._timer is None:
-            self._timer = self.loop.call_at(at, self._ring)
-        task = self._waiting = asyncio.current_task()
+            self.last = self.loop.time()  # idle time is the provider's silence, not the time a reader took
         try:
-            return await anext(stream)
+            return await self.guard(anext(stream))  # type: ignore[no-any-return]
         except StopAsyncIteration:
             return None
-        except asyncio.CancelledError:
-            if self._rang and task is not None and task.uncancel() == 0:
-                raise self.late(self.next()[1]) from None
-            raise
-        finally:
-            self._waiting = None
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
 
 
 class TurnRunner:
@@ -193,12 +170,16 @@ class TurnRunner:
                         clock.last = clock.loop.time()
                         if got.ttft is None:
                             got.ttft = (time.perf_counter() - got.t0) * 1000
+                            chat.gather = GATHER
                         text = chunk.text
                         over = got.chars + len(text) > limit
                         if over:
                             text = text[: limit - got.chars]
                         if text:
-                            got.parts.append(text)
+                            parts = got.parts
+                            parts.append(text)
+                            if len(parts) > 64:  # one string, not one object per chunk, while it streams
+                                parts[:] = ["".join(parts)]
                             got.chars += len(text)
                             yield TextDelta(info.turn_id, text)
                         if over:
@@ -335,13 +316,15 @@ def _empty(spec: ProviderSpec, got: _Progress, max_tokens: int) -> ParleyError:
     return ParleyError(ErrorKind.EMPTY, f"{spec.where} {why}.", provider=spec.id)
 
 
-async def merge(streams: Sequence[AsyncGenerator[Event, None]]) -> AsyncGenerator[Event, None]:
-    """Interleave several turn streams as their events arrive."""
+def merge(streams: Sequence[AsyncGenerator[Event, None]]) -> AsyncGenerator[Event, None]:
+    """Interleave several turn streams as their events arrive (one stream is itself:
+    no extra step per event)."""
     if len(streams) == 1:
-        async with aclosing(streams[0]) as only:
-            async for ev in only:
-                yield ev
-        return
+        return streams[0]
+    return _interleave(streams)
+
+
+async def _interleave(streams: Sequence[AsyncGenerator[Event, None]]) -> AsyncGenerator[Event, None]:
     queue: asyncio.Queue[Event | None] = asyncio.Queue()
 
     async def pump(s: AsyncGenerator[Event, None]) -> None:

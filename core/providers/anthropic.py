@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
+
 from core.providers.base import (
     ChatRequest,
     Chunk,
@@ -25,9 +27,41 @@ from core.providers.base import (
     UsageChunk,
 )
 from core.providers.http import event_object, get_json, open_stream, truncated, vendor_error
-from core.providers.sse import parse_sse
 
 API_VERSION = "2023-06-01"
+
+
+class _Delta(msgspec.Struct, gc=False):
+    type: Any = None
+    text: Any = None
+    thinking: Any = None
+    stop_reason: Any = None
+
+
+class _Event(msgspec.Struct, gc=False):
+    """The fields of an event that Parley reads (the rest is skipped unread)."""
+
+    type: Any = None
+    delta: _Delta | None = None
+    message: Any = None
+    usage: Any = None
+
+
+_decode_event = msgspec.json.Decoder(_Event).decode
+
+
+def _event(endpoint: Endpoint, data: str) -> _Event:
+    """An event's fields. The usual shape decodes straight into :class:`_Event`; anything
+    else is read as a JSON object first (which fails the turn if it is not one), and a
+    delta that is not an object is skipped."""
+    try:
+        return _decode_event(data)
+    except msgspec.DecodeError:
+        pass
+    obj = event_object(endpoint, data)
+    d = obj.get("delta")
+    delta = _Delta(d.get("type"), d.get("text"), d.get("thinking"), d.get("stop_reason")) if isinstance(d, dict) else None
+    return _Event(obj.get("type"), delta, obj.get("message"), obj.get("usage"))
 
 
 def build_body(request: ChatRequest) -> dict[str, Any]:
@@ -62,35 +96,39 @@ class AnthropicWire:
         usage = Usage()
         stop: str | None = None
         async with open_stream(
-            self.endpoint, "/messages", build_body(request), self._headers(), request.model.id
-        ) as lines:
-            async for ev in parse_sse(lines):
-                obj = event_object(self.endpoint, ev.data)
-                kind = obj.get("type") or ev.event
-                if kind == "content_block_delta":
-                    delta = obj.get("delta") or {}
-                    if delta.get("type") == "text_delta" and delta.get("text"):
-                        yield TextChunk(delta["text"])
-                    elif delta.get("type") == "thinking_delta" and delta.get("thinking"):
-                        yield ReasoningChunk(delta["thinking"])
-                elif kind == "message_start":
-                    u = (obj.get("message") or {}).get("usage") or {}
-                    usage.input_tokens = int(u.get("input_tokens") or 0) + int(
-                        u.get("cache_read_input_tokens") or 0
-                    ) + int(u.get("cache_creation_input_tokens") or 0)
-                    usage.cached_tokens = int(u.get("cache_read_input_tokens") or 0)
-                    usage.output_tokens = int(u.get("output_tokens") or 0)
-                elif kind == "message_delta":
-                    u = obj.get("usage") or {}
-                    if "output_tokens" in u:
-                        usage.output_tokens = int(u["output_tokens"] or 0)
-                    stop = (obj.get("delta") or {}).get("stop_reason") or stop
-                elif kind == "message_stop":
-                    yield UsageChunk(usage)
-                    yield FinishChunk(stop)
-                    return
-                elif kind == "error" or ev.event == "error":
-                    raise vendor_error(self.endpoint, None, obj, model=request.model.id)
+            self.endpoint, "/messages", build_body(request), self._headers(), request
+        ) as events:
+            async for batch in events:
+                for ev in batch:
+                    obj = _event(self.endpoint, ev.data)
+                    kind = obj.type or ev.event
+                    if kind == "content_block_delta":
+                        delta = obj.delta
+                        if delta is None:
+                            continue
+                        if delta.type == "text_delta" and delta.text:
+                            yield TextChunk(delta.text)
+                        elif delta.type == "thinking_delta" and delta.thinking:
+                            yield ReasoningChunk(delta.thinking)
+                    elif kind == "message_start":
+                        u = (obj.message if isinstance(obj.message, dict) else {}).get("usage") or {}
+                        usage.input_tokens = int(u.get("input_tokens") or 0) + int(
+                            u.get("cache_read_input_tokens") or 0
+                        ) + int(u.get("cache_creation_input_tokens") or 0)
+                        usage.cached_tokens = int(u.get("cache_read_input_tokens") or 0)
+                        usage.output_tokens = int(u.get("output_tokens") or 0)
+                    elif kind == "message_delta":
+                        u = obj.usage or {}
+                        if "output_tokens" in u:
+                            usage.output_tokens = int(u["output_tokens"] or 0)
+                        stop = (obj.delta.stop_reason if obj.delta is not None else None) or stop
+                    elif kind == "message_stop":
+                        yield UsageChunk(usage)
+                        yield FinishChunk(stop)
+                        return
+                    elif kind == "error" or ev.event == "error":
+                        body = event_object(self.endpoint, ev.data)
+                        raise vendor_error(self.endpoint, None, body, model=request.model.id)
         raise truncated(self.endpoint, "no message_stop")
 
     async def check(self) -> None:

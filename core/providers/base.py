@@ -31,6 +31,10 @@ class ChatRequest:
     system: str | None = None
     temperature: float | None = None
     max_tokens: int = 1024
+    #: Seconds a stream's bytes may gather between two reads (0: every read as it comes).
+    #: The turn sets it once text has started (core/turn.py); an HTTP wire reads it before
+    #: each read, so one wake-up carries every chunk that arrived meanwhile.
+    gather: float = 0.0
 
 
 @dataclass(slots=True)

@@ -1,11 +1,14 @@
 """HTTP plumbing shared by the HTTP wires: one small client interface, two adapters.
 
-Production streams through aiohttp: its C HTTP parser carries about ten times
-more concurrent token streams per core than httpx's pure-Python h11 (measured
-in bench/core_bench.py: 500 streams at 50 chunks/s each, event-loop lag p99
-47 ms with aiohttp against 2.9 s with httpx). :class:`HttpxClient` adapts an
-``httpx.AsyncClient`` to the same interface, so wire tests can use
-``httpx.MockTransport``.
+Production streams through aiohttp (:class:`AiohttpClient`), whose HTTP parser is
+written in C. :class:`HttpxClient` adapts an ``httpx.AsyncClient`` to the same
+interface, so wire tests can use ``httpx.MockTransport``.
+
+Per chunk of a stream the client does as little as it can: PARLEY_READ_TIMEOUT
+(silence on the socket, per attempt) is one lazily re-armed timer per response
+(:class:`Deadline`), not a timer made and cancelled at every read as aiohttp's own
+``sock_read`` does; the body's bytes go straight into one :class:`SSEDecoder`
+(:func:`open_stream` yields lists of events, one list per read).
 
 Transport failures become ParleyErrors here, once: connect errors are
 ``unreachable``, read time-outs ``timeout``, a connection dropped mid-body
@@ -28,9 +31,101 @@ from typing import Any
 
 import aiohttp
 import httpx
+import msgspec
 
 from core.errors import ErrorKind, ParleyError, classify
-from core.providers.base import Endpoint
+from core.providers.base import ChatRequest, Endpoint
+from core.providers.sse import LineTooLong, SSEDecoder, SSEEvent
+
+
+class Deadline:
+    """Interrupts an await that outlives a deadline which moves as work progresses, with one
+    timer for the whole life of the thing it guards (a response body, a turn).
+
+    Progress only moves a float (:meth:`due` reads it); the timer, when it rings early,
+    re-arms itself at the deadline now in force, so the hot path creates no timer per
+    chunk. It cancels the task only while :meth:`guard` awaits, never while the
+    caller works between two awaits, and :meth:`guard` turns that cancellation into
+    :meth:`expired`'s exception, as ``asyncio.timeout`` does."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._waiting: asyncio.Task[Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._rang = False
+
+    def due(self) -> float:
+        """When (loop time) the deadline in force falls."""
+        raise NotImplementedError
+
+    def expired(self) -> BaseException:
+        """What :meth:`guard` raises when the deadline passed while it waited."""
+        raise NotImplementedError
+
+    def _ring(self) -> None:
+        self._timer = None
+        at = self.due()
+        if self.loop.time() < at:
+            self._timer = self.loop.call_at(at, self._ring)  # progress moved the deadline
+        elif self._waiting is not None:
+            self._rang = True
+            self._waiting.cancel()
+        # else: due while the caller works; guard() sees it before its next await
+
+    async def guard(self, awaitable: Any) -> Any:
+        """Await ``awaitable``; raises :meth:`expired` when the deadline passes first."""
+        at = self.due()
+        if self.loop.time() >= at:
+            close = getattr(awaitable, "close", None)
+            if close is not None:
+                close()  # a coroutine never awaited
+            raise self.expired()
+        if self._timer is None:
+            self._timer = self.loop.call_at(at, self._ring)
+        task = self._waiting = asyncio.current_task()
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            if self._rang and task is not None and task.uncancel() == 0:
+                self._rang = False
+                raise self.expired() from None
+            raise
+        finally:
+            self._waiting = None
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class _ReadTimeout(Deadline):
+    """PARLEY_READ_TIMEOUT on one response: the socket said nothing for ``timeout`` seconds."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self.timeout = timeout
+        self.last = self.loop.time()
+
+    def due(self) -> float:
+        return self.last + self.timeout
+
+    def expired(self) -> BaseException:
+        return aiohttp.ServerTimeoutError("Timeout on reading data from socket")
+
+
+async def _aiohttp_body(content: aiohttp.StreamReader, read_timeout: float | None) -> AsyncIterator[bytes]:
+    if not read_timeout:
+        while data := await content.readany():
+            yield data
+        return
+    clock = _ReadTimeout(read_timeout)
+    try:
+        while data := await clock.guard(content.readany()):
+            clock.last = clock.loop.time()
+            yield data
+    finally:
+        clock.close()
 
 
 @dataclass(slots=True)
@@ -49,9 +144,13 @@ class AiohttpClient:
     """The production client: one pooled aiohttp session, created in the running loop."""
 
     def __init__(self, connect_timeout: float, read_timeout: float, limit: int = 1000) -> None:
+        # aiohttp's sock_read guards the wait for the response head; the body is guarded by
+        # one timer of ours (_aiohttp_body): aiohttp makes, schedules and cancels a timer at
+        # every read, the largest single cost per chunk in bench/core_bench.py's profile.
         self.timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
+        self.read_timeout = read_timeout
         self.limit = limit
         self._session: aiohttp.ClientSession | None = None
 
@@ -69,7 +168,10 @@ class AiohttpClient:
         self, method: str, url: str, *, json: Any = None, headers: Mapping[str, str] | None = None
     ) -> AsyncIterator[Reply]:
         async with self._get().request(method, url, json=json, headers=headers) as resp:
-            yield Reply(resp.status, resp.headers, resp.content.iter_any())
+            conn = resp.connection
+            if conn is not None and conn.protocol is not None:
+                conn.protocol.read_timeout = None  # the body's reads: _aiohttp_body
+            yield Reply(resp.status, resp.headers, _aiohttp_body(resp.content, self.read_timeout))
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -97,6 +199,9 @@ class HttpxClient:
 
 #: The longest SSE line accepted (bytes): an answer arrives in small deltas, never in one line.
 MAX_LINE = 1 << 20
+#: A read of fewer bytes than this is followed by :attr:`ChatRequest.gather` seconds of letting
+#: the stream's next chunks arrive; a larger one by none (the stream is ahead of its reader).
+GATHER_BELOW = 16 * 1024
 #: Content types that are never an event stream (captive portals, proxies, a site's front page).
 _NOT_A_STREAM = re.compile(r"html|xml", re.I)
 
@@ -163,12 +268,18 @@ def truncated(endpoint: Endpoint, missing: str) -> ParleyError:
     )
 
 
+_decode = msgspec.json.Decoder().decode
+
+
 def event_object(endpoint: Endpoint, data: str) -> dict[str, Any]:
     """An SSE event's data as a JSON object; anything else ends the turn (kind ``truncated``)."""
     try:
-        obj = json.loads(data)
-    except ValueError:
-        obj = None
+        obj = _decode(data)
+    except msgspec.DecodeError:
+        try:  # what msgspec refuses and the standard library reads (NaN, huge numbers)
+            obj = json.loads(data)
+        except ValueError:
+            obj = None
     if isinstance(obj, dict):
         return obj
     raise ParleyError(
@@ -207,10 +318,12 @@ async def open_stream(
     path: str,
     body: dict[str, Any],
     headers: dict[str, str],
-    model: str,
-) -> AsyncIterator[AsyncIterator[str]]:
-    """POST ``body`` and yield the response's line iterator; errors are ParleyErrors."""
+    request: ChatRequest,
+) -> AsyncIterator[AsyncIterator[list[SSEEvent]]]:
+    """POST ``body`` and yield an iterator of the response's events, one list per read
+    (never empty), reads ``request.gather`` apart; errors are ParleyErrors."""
     url = endpoint.base_url.rstrip("/") + path
+    model = request.model.id
     try:
         async with endpoint.http.stream("POST", url, json=body, headers=headers) as resp:
             if resp.status >= 400:
@@ -218,36 +331,27 @@ async def open_stream(
             content_type = resp.headers.get("content-type") or ""
             if _NOT_A_STREAM.search(content_type):
                 raise not_a_stream(endpoint, url, content_type)
-            yield _lines(endpoint, resp.chunks)
+            yield _events(endpoint, resp.chunks, request)
     except TRANSPORT_ERRORS as exc:
         raise transport_error(endpoint, exc) from None
 
 
-async def _lines(endpoint: Endpoint, chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
-    # Split bytes ourselves (cheaper than a text decoder plus a line decoder per
-    # chunk). SSE lines end with \n, \r\n or \r; UTF-8 never has those bytes
-    # inside a character, so decoding whole lines is safe.
-    buf = b""
+async def _events(
+    endpoint: Endpoint, chunks: AsyncIterator[bytes], request: ChatRequest
+) -> AsyncIterator[list[SSEEvent]]:
+    decoder = SSEDecoder(MAX_LINE)
     try:
         async for data in chunks:
-            if buf:
-                data = buf + data
-            hold = data.endswith(b"\r")  # maybe half of a \r\n: decide with the next read
-            if hold:
-                data = data[:-1]
-            if b"\r" in data:
-                data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            *lines, buf = data.split(b"\n")
-            if hold:
-                buf += b"\r"
-            for line in lines:
-                if len(line) > MAX_LINE:
-                    raise line_too_long(endpoint)
-                yield line.decode("utf-8", "replace")
-            if len(buf) > MAX_LINE:
-                raise line_too_long(endpoint)
-        if buf:
-            yield buf.rstrip(b"\r").decode("utf-8", "replace")
+            if events := decoder.feed(data):
+                yield events
+            if request.gather and len(data) < GATHER_BELOW:
+                # Let the next chunks arrive meanwhile: one wake-up, one read for all of them.
+                # (A read this large says the stream is ahead of us: no waiting then.)
+                await asyncio.sleep(request.gather)
+        if events := decoder.end():
+            yield events
+    except LineTooLong:
+        raise line_too_long(endpoint) from None
     except TRANSPORT_ERRORS as exc:
         raise transport_error(endpoint, exc) from None
 

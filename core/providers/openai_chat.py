@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
+
 from core.providers.base import (
     ChatRequest,
     Chunk,
@@ -31,7 +33,6 @@ from core.providers.base import (
     UsageChunk,
 )
 from core.providers.http import event_object, get_json, open_stream, truncated, vendor_error
-from core.providers.sse import parse_sse
 
 
 def _usage(u: dict[str, Any]) -> Usage:
@@ -46,6 +47,51 @@ def _usage(u: dict[str, Any]) -> Usage:
         input_tokens=int(u.get("prompt_tokens") or 0),
         output_tokens=int(u.get("completion_tokens") or 0),
         cached_tokens=int(cached),
+    )
+
+
+class _Delta(msgspec.Struct, gc=False):
+    content: Any = None
+    reasoning_content: Any = None
+    reasoning: Any = None
+
+
+class _Choice(msgspec.Struct, gc=False):
+    delta: _Delta | None = None
+    finish_reason: Any = None
+    usage: Any = None
+
+
+class _Event(msgspec.Struct, gc=False):
+    """The fields of a chunk that Parley reads (the rest is skipped unread)."""
+
+    choices: list[_Choice | None] | None = None
+    usage: Any = None
+    error: Any = None
+
+
+_decode_event = msgspec.json.Decoder(_Event).decode
+
+
+def _event(endpoint: Endpoint, data: str) -> _Event:
+    """A chunk's fields. The usual shape decodes straight into :class:`_Event`; anything
+    else is read as a JSON object first (which fails the turn if it is not one), and
+    choices or deltas that are not objects are skipped."""
+    try:
+        return _decode_event(data)
+    except msgspec.DecodeError:
+        pass
+    obj = event_object(endpoint, data)
+    choices = obj.get("choices")
+    return _Event(
+        choices=[
+            _Choice(_Delta(d.get("content"), d.get("reasoning_content"), d.get("reasoning"))
+                    if isinstance(d := c.get("delta"), dict) else None,
+                    c.get("finish_reason"), c.get("usage"))
+            for c in choices if isinstance(c, dict)
+        ] if isinstance(choices, list) else None,
+        usage=obj.get("usage"),
+        error=obj.get("error"),
     )
 
 
@@ -84,34 +130,36 @@ class OpenAIChatWire:
         usage: Usage | None = None
         finish: str | None = None
         async with open_stream(
-            self.endpoint, "/chat/completions", body, self._headers(), request.model.id
-        ) as lines:
-            async for ev in parse_sse(lines):
-                data = ev.data
-                if data == "[DONE]":
-                    if usage is not None:
-                        yield UsageChunk(usage)
-                    yield FinishChunk(finish)
-                    return
-                obj = event_object(self.endpoint, data)
-                if obj.get("error"):
-                    raise vendor_error(self.endpoint, None, obj, model=request.model.id)
-                if obj.get("usage"):
-                    usage = _usage(obj["usage"])
-                for choice in obj.get("choices") or ():
-                    if not isinstance(choice, dict):
-                        continue
-                    if choice.get("usage"):  # Moonshot
-                        usage = _usage(choice["usage"])
-                    delta = choice.get("delta") or {}
-                    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-                    if reasoning:
-                        yield ReasoningChunk(reasoning)
-                    content = delta.get("content")
-                    if content:
-                        yield TextChunk(content)
-                    if choice.get("finish_reason"):
-                        finish = choice["finish_reason"]
+            self.endpoint, "/chat/completions", body, self._headers(), request
+        ) as events:
+            async for batch in events:
+                for ev in batch:
+                    data = ev.data
+                    if data == "[DONE]":
+                        if usage is not None:
+                            yield UsageChunk(usage)
+                        yield FinishChunk(finish)
+                        return
+                    chunk = _event(self.endpoint, data)
+                    if chunk.error:
+                        obj = event_object(self.endpoint, data)
+                        raise vendor_error(self.endpoint, None, obj, model=request.model.id)
+                    if chunk.usage:
+                        usage = _usage(chunk.usage)
+                    for choice in chunk.choices or ():
+                        if choice is None:
+                            continue
+                        if choice.usage:  # Moonshot
+                            usage = _usage(choice.usage)
+                        delta = choice.delta
+                        if delta is not None:
+                            reasoning = delta.reasoning_content or delta.reasoning
+                            if reasoning:
+                                yield ReasoningChunk(reasoning)
+                            if delta.content:
+                                yield TextChunk(delta.content)
+                        if choice.finish_reason:
+                            finish = choice.finish_reason
         raise truncated(self.endpoint, "no [DONE]")
 
     async def check(self) -> None:
