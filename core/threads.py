@@ -9,10 +9,12 @@ an interaction follow-up); validation and everything after are the same.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +24,9 @@ from core.events import DiscussionStarted, Event
 from core.governance import Grant
 from core.ledger import Ledger
 from core.render import Renderer
-from core.stops import STOP_GRACE, STOPPED
 from core.services import Services
 from core.sink import Sink
+from core.stops import STOP_GRACE, STOPPED
 
 log = logging.getLogger("parley.threads")
 
@@ -97,26 +99,116 @@ class Ticket:
             self.admission._leave(self.workspace, self.user)
 
 
+class FrontDoor:
+    """Requests taken in and not yet acknowledged, so that the work acknowledged requests
+    start waits for them: acknowledgements first.
+
+    An acknowledgement is due within seconds (Slack: 3 s) and costs a fraction of a
+    millisecond; what follows one (a discussion's first posts, its provider connections)
+    costs milliseconds and can wait a moment. On one event loop, a burst of requests would
+    otherwise queue each acknowledgement behind the discussions of the ones before it.
+    A front-end wraps each request it must acknowledge in :meth:`inside`; work spawned
+    after an acknowledgement (:meth:`Requests.spawn`) waits in :meth:`clear` until no
+    request is inside, then starts one per turn of the event loop, so that a request
+    arriving meanwhile is read between two of them and goes first again; and after at most
+    ``most`` seconds whatever happens, so that a steady stream of requests never starves it.
+    """
+
+    def __init__(self, most: float = 0.5) -> None:
+        self.most = most
+        self.count = 0
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._waking = False
+
+    @contextlib.contextmanager
+    def inside(self) -> Iterator[None]:
+        self.count += 1
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if self.count == 0 and self._waiting:
+                self._wake()
+
+    def _wake(self) -> None:
+        if not self._waking:
+            self._waking = True
+            asyncio.get_running_loop().call_soon(self._next)
+
+    def _next(self) -> None:
+        """Let the next waiting work start (on the next turn of the loop, the one after)."""
+        self._waking = False
+        if self.count:
+            return  # a request came in: it goes first
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():  # not given up (its ``most`` passed, or it was cancelled)
+                waiter.set_result(None)
+                break
+        if self._waiting:
+            self._wake()
+
+    async def clear(self) -> None:
+        """Return when this work's turn comes: no request inside, the work queued before it
+        started; or after ``most`` seconds."""
+        if self.count == 0 and not self._waiting:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        if self.count == 0:
+            self._wake()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.most):
+                await waiter
+
+
+def settle_heap() -> None:
+    """Start-up is over: collect its garbage, then freeze what is left (:func:`gc.freeze`).
+
+    What a front-end builds before it serves (services, the catalog, personas, the bolt or
+    discord.py client, every module) lives as long as the process; frozen, the cyclic
+    collector no longer walks it on every full collection, and a full collection no longer
+    stops the event loop for tens of milliseconds in the middle of a burst of requests
+    waiting for their acknowledgement. :meth:`Requests.shutdown` undoes it."""
+    gc.collect()
+    gc.freeze()
+
+
 class Requests:
     """The requests a chat front-end has taken on and not finished.
 
     Platforms want an answer within seconds, so each request runs as its own task
     after the acknowledgement; this keeps them referenced, logs (redacted) what
     failed, cancels them at shutdown, and lets tests and benchmarks wait for quiet.
+    Spawned work starts after the acknowledgements still due (:class:`FrontDoor`).
     """
 
     def __init__(self) -> None:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.spawned = 0
         self._taken = asyncio.Event()
+        self.door = FrontDoor()
 
-    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+    def spawn(self, coro: Awaitable[Any], *, behind_acks: bool = True) -> asyncio.Task[Any]:
+        """Run ``coro`` as a request's own task; with ``behind_acks`` (work that follows an
+        acknowledgement) once the requests in :attr:`door` are acknowledged. Work that itself
+        acknowledges passes ``behind_acks=False``."""
+        if behind_acks and asyncio.iscoroutine(coro):
+            coro = self._behind_acks(coro)
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self.spawned += 1
         self._taken.set()
         self.tasks.add(task)
         task.add_done_callback(self._done)
         return task
+
+    async def _behind_acks(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        try:
+            await self.door.clear()
+        except BaseException:
+            coro.close()  # cancelled before it started (a shutdown): it never runs
+            raise
+        return await coro
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self.tasks.discard(task)
@@ -143,6 +235,7 @@ class Requests:
             _, late = await asyncio.wait(tasks, timeout=within)
             if late:
                 log.warning("%d request(s) did not stop within %.0fs; leaving them", len(late), within)
+        gc.unfreeze()  # what start-up froze (settle_heap) can be collected again once it is dropped
 
 
 async def discuss_in_thread(

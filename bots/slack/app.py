@@ -71,7 +71,7 @@ from core.governance.keys import OFF
 from core.governance.scope import Caller
 from core.present import code, line, strong
 from core.services import Services
-from core.threads import Admission, Requests, Ticket, discuss_in_thread
+from core.threads import Admission, Requests, Ticket, discuss_in_thread, settle_heap
 
 log = logging.getLogger("parley.slack")
 
@@ -152,6 +152,11 @@ class SlackFront(Requests):
             client=AsyncWebClient(base_url=client.base_url, timeout=client.timeout, logger=client.logger),
             signing_secret=signing_secret or "",
             request_verification_enabled=False,  # bots.slack.http verifies, without logging bodies
+            # Answer when the listener returns. Otherwise bolt runs each listener as a task and polls
+            # for its ack every 10 ms: at least 10 ms on every request, and under a burst hundreds of
+            # pollers on the loop. Every listener here acks (an event: returns, once its dedupe check
+            # is done) before its work, which it spawns.
+            process_before_response=True,
             logger=logging.getLogger("parley.slack.bolt"),
             **authorization,
         )
@@ -175,6 +180,7 @@ class SlackFront(Requests):
         leftovers are closed here."""
         if self.oauth is not None:
             await self.services.take_over(FRONT_END, self.oauth.mark)
+            settle_heap()
             return
         try:
             resp = await self.client.auth_test()
@@ -192,11 +198,12 @@ class SlackFront(Requests):
         scopes = {s.strip() for s in str(response_header(resp.headers, "x-oauth-scopes") or "").split(",")}
         self.customize = "chat:write.customize" in scopes
         await self.services.take_over(FRONT_END, marker(self.client))
+        settle_heap()  # what start-up made stays: no full collection walks it again mid-burst
 
     def web_app(self) -> web.Application:
         return http.web_app(self.app, self.signing_secret, lambda: len(self.tasks),
                             ops.routes(self.services, lambda: len(self.tasks)),
-                            installs=self.oauth.routes() if self.oauth is not None else None)
+                            installs=self.oauth.routes() if self.oauth is not None else None, door=self.door)
 
     # --- which bot, in which workspace ------------------------------------------------------------
     def client_for(self, team: str | None) -> AsyncWebClient:

@@ -29,6 +29,7 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.signature import SignatureVerifier
 
 from bots.slack.manifest import EVENTS_PATH
+from core.threads import FrontDoor
 
 log = logging.getLogger("parley.slack")
 
@@ -44,13 +45,20 @@ def web_app(
     ops: list[web.RouteDef] | None = None,
     *,
     installs: list[web.RouteDef] | None = None,
+    door: FrontDoor | None = None,
 ) -> web.Application:
     """The aiohttp application serving ``app``, ``ops`` (health, readiness, metrics:
     :func:`core.ops.routes`) and ``installs`` (the OAuth install routes, if any). Without a
-    signing secret every event is refused (HTTP mode is only served with one)."""
+    signing secret every event is refused (HTTP mode is only served with one). Each request
+    is inside ``door`` until it is answered: the work of those answered before waits for it."""
     verifier = SignatureVerifier(signing_secret) if signing_secret else None
+    door = door or FrontDoor()
 
     async def events(request: web.Request) -> web.Response:
+        with door.inside():
+            return await _events(request)
+
+    async def _events(request: web.Request) -> web.Response:
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:

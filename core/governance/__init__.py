@@ -33,7 +33,7 @@ from core.governance.estimate import Estimate, worst_case
 from core.governance.keys import KeyBox
 from core.governance.policy import WHAT, RuleSet
 from core.governance.scope import Caller, Periods, until
-from core.governance.storage import Alert, Cap, GovernanceStore, Over
+from core.governance.storage import ANY_VERSION, Alert, Cap, GovernanceStore, Over, Stale
 from core.personas import NEUTRAL
 from core.plan import Panelist, Planner, Run
 
@@ -52,6 +52,8 @@ MODE_COMMAND = {"single": "ask", "parallel": "compare", "consensus": "consensus"
 PANEL_FIELDS = ("personas", "providers", "model", "rounds", "moderator", "temperature", "max_tokens")
 #: How often a process looks for texts past their retention.
 SWEEP_EVERY = 3600.0
+#: Admissions tried on a view found stale (changed meanwhile) before one reserves on what it read.
+ADMIT_ATTEMPTS = 3
 
 
 class Refused(UsageError):
@@ -73,6 +75,8 @@ class View:
     settings: dict[str, Any]
     #: The caps by (scope, target).
     cap_index: dict[tuple[str, str], Cap] = field(default_factory=dict)
+    #: Who has own keys stored here ('' for the workspace's): no one else's admission reads them.
+    key_owners: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -222,7 +226,14 @@ class Governance:
     def _build(db: GovernanceStore, workspace: str, version: str | None) -> View:
         caps = db.caps(workspace)
         return View(version, RuleSet(db.rules(workspace)), db.defaults(workspace), caps, db.settings(workspace),
-                    {(c.scope, c.target): c for c in caps})
+                    {(c.scope, c.target): c for c in caps}, frozenset(db.key_owners(workspace)))
+
+    async def _admission_view(self, workspace: str) -> View:
+        """The view an admission starts from: the cached one as it is, without reading the
+        version (the reservation's transaction checks it, and a refusal checks it before it
+        stands); else built."""
+        cached = self._views.get(workspace)
+        return cached if cached is not None else await self.fresh_view(workspace)
 
     def _keep(self, workspace: str, view: View) -> View:
         if len(self._views) > 10_000:
@@ -248,11 +259,11 @@ class Governance:
         """Whether policy lets ``caller`` use this provider, ``provider/model``, persona or command here."""
         return self.view(caller.workspace).rules.check(caller, dimension, value).allowed
 
-    def check_command(self, req: Request, caller: Caller) -> None:
+    def check_command(self, req: Request, caller: Caller, view: View | None = None) -> None:
         """Policy for any command (admins are never locked out of the administrative ones)."""
         if req.command == "help" or (COMMANDS[req.command].admin and self.is_admin(caller)):
             return
-        self._check(caller, "commands", req.command)
+        self._check(caller, "commands", req.command, view)
 
     def check_model(self, caller: Caller, provider: str, model: str, view: View | None = None) -> None:
         self._check(caller, "providers", provider, view)
@@ -300,10 +311,12 @@ class Governance:
         out.implicit = req.implicit
         return out
 
-    def own_keys(self, caller: Caller, providers: list[str]) -> dict[str, SecretStr]:
+    def own_keys(self, caller: Caller, providers: list[str], view: View | None = None) -> dict[str, SecretStr]:
         """The most specific own key per provider: the person's, then the workspace's."""
         if not self.box.enabled or not providers:
             return {}
+        if view is not None and not ({caller.user, ""} & view.key_owners):
+            return {}  # neither this person nor the workspace has a key stored (as of the view)
         rows = self.db.key_rows(caller.workspace, [caller.user, ""])
         chosen: dict[str, SecretStr] = {}
         for row in sorted(rows, key=lambda r: r["user"] == ""):  # the person's first
@@ -320,10 +333,29 @@ class Governance:
         return chosen
 
     async def admit(self, req: Request, caller: Caller, *, conversation: str | None = None) -> Grant:
-        """Policy, panel, keys and budget for a discussion; raises Refused or UsageError."""
+        """Policy, panel, keys and budget for a discussion; raises Refused or UsageError.
+
+        Nothing is read on the event loop for a request that is admitted: the checks run on
+        the workspace's cached view, and the reservation's transaction checks that view's
+        version; if the workspace changed since (here or in another process), or a check
+        refused on a view that is no longer current, the view is read again and every check
+        made again, so a decision always stands on current policy, caps and keys."""
         self.sweep_soon()
-        view = await self.fresh_view(caller.workspace)
-        self.check_command(req, caller)
+        view = await self._admission_view(caller.workspace)
+        for _ in range(ADMIT_ATTEMPTS - 1):
+            try:
+                return await self._admit(req, caller, view, conversation)
+            except Stale:
+                pass
+            except UsageError:
+                if self.db.version(caller.workspace) == view.version:
+                    raise  # refused on current data
+            view = await self.fresh_view(caller.workspace)
+        return await self._admit(req, caller, view, conversation, last=True)
+
+    async def _admit(self, req: Request, caller: Caller, view: View, conversation: str | None,
+                     *, last: bool = False) -> Grant:
+        self.check_command(req, caller, view)
         req = self.resolve(req, caller, view)
         if req.mode is None:
             raise UsageError(f"/{req.command} is not a discussion.")
@@ -343,7 +375,7 @@ class Governance:
                 self.check_model(caller, spec.id, model.id, view)
                 fallback = Panelist(panel[0].persona, spec, model)
         providers = [p.provider.id for p in (*panel, *(x for x in (moderator, fallback) if x))]
-        keys = self.own_keys(caller, list(dict.fromkeys(providers)))
+        keys = self.own_keys(caller, list(dict.fromkeys(providers)), view)
         history = 0
         if conversation:
             await self.store.settled()  # the thread's earlier turns are in (without blocking the loop)
@@ -359,6 +391,8 @@ class Governance:
         sid, over, alerts = await self.db.reserve(
             workspace=caller.workspace, channel=caller.channel, user=caller.user,
             caps=self._caps(view, caller), estimate=counted, free=sorted(free), periods=periods,
+            # The last attempt reserves on the view it just read, even if it changed again meanwhile.
+            version=ANY_VERSION if last else view.version,
         )
         if over:
             raise Refused(self._over_message(caller, req, estimate, counted, over, periods), "budget")

@@ -13,6 +13,7 @@ square of the panel: N panelists × R rounds × (N answers of up to max_tokens).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -24,6 +25,10 @@ from core.usage import cost_usd
 def upper_tokens(text: str) -> int:
     """At most this many tokens: one per UTF-8 byte."""
     return len(text.encode("utf-8", "surrogatepass"))
+
+
+#: :func:`upper_tokens` of personas' system prompts, which every admission prices again.
+_prompt_tokens = functools.lru_cache(maxsize=1024)(upper_tokens)
 
 #: Characters of the review and synthesis instructions around the quoted answers (core/consensus.py).
 REVIEW_OVERHEAD_CHARS = 2_000
@@ -66,7 +71,7 @@ def worst_case(
     base = upper_tokens(request.prompt) + MESSAGE_TOKENS * 2 + history_chars
 
     def first(p: Panelist) -> tuple[int, int]:
-        return base + upper_tokens(p.persona.system_prompt), planner.max_tokens(p, request)
+        return base + _prompt_tokens(p.persona.system_prompt), planner.max_tokens(p, request)
 
     for p in panel:
         est.add(p, *first(p))
@@ -81,11 +86,11 @@ def worst_case(
     overhead = REVIEW_OVERHEAD_CHARS + upper_tokens(request.prompt)
     for _ in range(request.rounds or 1):
         for p in panel:
-            est.add(p, overhead + upper_tokens(p.persona.system_prompt) + answers, planner.max_tokens(p, request))
+            est.add(p, overhead + _prompt_tokens(p.persona.system_prompt) + answers, planner.max_tokens(p, request))
     if moderator is not None:
         est.add(
             moderator,
-            overhead + upper_tokens(moderator.persona.system_prompt) + answers,
+            overhead + _prompt_tokens(moderator.persona.system_prompt) + answers,
             planner.max_tokens(moderator, request),
         )
     return est

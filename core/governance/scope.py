@@ -57,7 +57,13 @@ class Periods:
 
     @classmethod
     def at(cls, now: datetime | None = None) -> Periods:
-        now = now or datetime.now(UTC)
+        if now is None:  # every admission asks: the same day's periods are made once
+            now = datetime.now(UTC)
+            today = _TODAY[0]
+            if today is not None and today.day_resets - _DAY <= now < today.day_resets:
+                return today
+            _TODAY[0] = today = cls.at(now)
+            return today
         start = now.replace(hour=0, minute=0, second=0, microsecond=0)
         month_start = start.replace(day=1)
         next_month = (month_start + timedelta(days=32)).replace(day=1)
@@ -68,6 +74,11 @@ class Periods:
 
     def key(self, period: str) -> str:
         return self.day if period == "daily" else self.month
+
+
+_DAY = timedelta(days=1)
+#: The periods of the current UTC day (:meth:`Periods.at`).
+_TODAY: list[Periods | None] = [None]
 
 
 def until(when: datetime, now: datetime | None = None) -> str:

@@ -10,16 +10,19 @@ cap and the spend it adds are atomic across processes sharing the database.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import secrets
 import sqlite3
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import sqlite_utils
 
+from core.errors import redact
 from core.governance.policy import Rule
 from core.governance.scope import Periods
 from core.records import new_id, now_iso
@@ -93,11 +96,99 @@ def _keys(workspace: str, channel: str, user: str, periods: Periods) -> list[tup
     return out
 
 
+#: ``reserve(version=…)`` not given: reserve whatever the workspace's version.
+ANY_VERSION: Any = object()
+
+Write = Callable[[sqlite_utils.Database], Any]
+
+
+class Stale(Exception):
+    """The workspace's governance changed after the checks the reservation relied on."""
+
+
+@dataclass(eq=False, slots=True)
+class _Reservation:
+    sid: str
+    workspace: str
+    channel: str
+    user: str
+    caps: list[Cap]
+    estimate: float
+    free: list[str]
+    periods: Periods
+    version: str | None | object
+    done: asyncio.Future[tuple[str | None, list[Over], list[Alert]]]
+
+    def target_of(self, cap: Cap) -> str:
+        return self.user if cap.scope == "user" else cap.target
+
+
+class _Batch:
+    """The write of one flush (on the writer thread): takes what is queued when it first runs;
+    run again on a transient error (the writer retries once), it does the same again."""
+
+    def __init__(self, store: GovernanceStore) -> None:
+        self.store = store
+        self.items: list[_Reservation | Write] | None = None
+        self.results: dict[_Reservation, Any] = {}
+
+    def __call__(self, db: sqlite_utils.Database) -> None:
+        if self.items is None:
+            self.items = self.store._take()
+        self.results = {}
+        self.results = self.store._apply(db, self.items)
+
+    def reservations(self) -> list[_Reservation]:
+        return [i for i in self.items or [] if isinstance(i, _Reservation)]
+
+
+#: Running totals read per statement (each a workspace, a scope and a target).
+_TOTALS_PER_READ = 200
+
+
+def _read_totals(db: sqlite_utils.Database, items: list[_Reservation]) -> dict[tuple[str, str, str, str], float]:
+    """The running totals the caps of ``items`` are checked against, and only those: a
+    workspace with 10,000 people does not read 10,000 people's totals for one request."""
+    wanted: dict[tuple[str, str, str], None] = {}
+    periods: dict[str, None] = {}
+    for item in items:
+        for cap in item.caps:
+            wanted[(item.workspace, cap.scope, item.target_of(cap))] = None
+            for period in ("daily", "monthly"):
+                if cap.limit(period) is not None:
+                    periods[item.periods.key(period)] = None
+    out: dict[tuple[str, str, str, str], float] = {}
+    if not wanted or not periods:
+        return out
+    keys = list(wanted)
+    marks = ", ".join("?" * len(periods))
+    for at in range(0, len(keys), _TOTALS_PER_READ):
+        chunk = keys[at : at + _TOTALS_PER_READ]
+        where = " or ".join("(workspace = ? and scope = ? and target = ?)" for _ in chunk)
+        args = [v for k in chunk for v in k]
+        for r in db.conn.execute(
+            f"select workspace, scope, target, period, usd from spend_totals where period in ({marks}) and ({where})",
+            [*periods, *args],
+        ):
+            out[(r[0], r[1], r[2], r[3])] = r[4]
+    # Keys read and found empty count as 0 from here on (and are added to in memory).
+    for workspace, scope, target in keys:
+        for period in periods:
+            out.setdefault((workspace, scope, target, period), 0.0)
+    return out
+
+
 class GovernanceStore:
     def __init__(self, store: Store, peek: Callable[..., list[dict[str, Any]]] | None = None) -> None:
         self.store = store
         #: How reads are made: the store's connection, or another thread's (:meth:`on`).
         self.peek = peek or store.peek
+        # Reservations (and the settlements behind them) waiting for the writer thread; whether
+        # a flush will take them. Shared by the event loop and the writer thread, under the lock.
+        self._lock = threading.Lock()
+        self._queued: collections.deque[_Reservation | Write] = collections.deque()
+        self._scheduled = False
+        self._flushes: set[asyncio.Future[None]] = set()
 
     def on(self, conn: sqlite3.Connection) -> GovernanceStore:
         """The same reads on ``conn`` (a connection of another thread)."""
@@ -268,66 +359,151 @@ class GovernanceStore:
         estimate: float,
         free: list[str],
         periods: Periods,
+        version: str | None | object = ANY_VERSION,
     ) -> tuple[str | None, list[Over], list[Alert]]:
         """Check every cap and add the reservation, in one write transaction.
 
-        Returns (spend id, [], alerts) when it fits, or (None, the caps it would exceed, [])."""
-        keys = _keys(workspace, channel, user, periods)
+        Returns (spend id, [], alerts) when it fits, or (None, the caps it would exceed, []).
+        With ``version`` (the workspace's governance version the caps and checks were read at),
+        raises :class:`Stale` instead, reserving nothing, if the workspace changed since: the
+        caller reads it again and checks again.
+
+        Reservations waiting together share one transaction (:class:`_Batch`): a burst of
+        requests costs one write lock, one read of the running totals and one commit, not one
+        of each per request; each is still checked against the totals the ones before it left."""
+        item = _Reservation(new_id(), workspace, channel, user, caps, estimate, free, periods, version,
+                            asyncio.get_running_loop().create_future())
+        with self._lock:
+            self._queued.append(item)
+            start = not self._scheduled
+            self._scheduled = True
+        if start:
+            self._flushes.add(task := asyncio.ensure_future(self._flush()))
+            task.add_done_callback(self._flushes.discard)
+        try:
+            return await item.done
+        except asyncio.CancelledError:
+            # The request was cancelled while its reservation was being made: give it back
+            # (after the reservation, in the same order, if it was made).
+            self.settle(item.sid, 0.0, estimated=False)
+            raise
+
+    async def _flush(self) -> None:
+        """One transaction for every reservation (and every settlement queued behind them) that
+        is waiting when the writer thread gets to it."""
+        batch = _Batch(self)
+        try:
+            await self.store.writer.acall(batch, urgent=True)
+        except BaseException as e:
+            if batch.items is None:  # it never ran (the store closed, the loop is ending): nothing waits for it
+                batch.items = self._take()
+            failed = e if isinstance(e, Exception) else RuntimeError("the reservation was interrupted")
+            for item in batch.reservations():
+                if not item.done.done():
+                    item.done.set_exception(failed)
+            if len(batch.reservations()) < len(batch.items):
+                log.warning("settling %d reservation(s) failed: %s", len(batch.items) - len(batch.reservations()),
+                            redact(repr(e)))
+            if not isinstance(e, Exception):
+                raise
+            return
+        for item, result in batch.results.items():
+            if item.done.done():
+                continue
+            if isinstance(result, Exception):
+                item.done.set_exception(result)
+            else:
+                item.done.set_result(result)
+
+    def _take(self) -> list[_Reservation | Write]:
+        """On the writer thread: what is queued, and from now on a new flush for what comes."""
+        with self._lock:
+            self._scheduled = False
+            taken = list(self._queued)
+            self._queued.clear()
+        return taken
+
+    def _after_reservations(self, fn: Write) -> None:
+        """A write that must see the reservations queued before it (a settlement, a discussion's
+        id): in their transaction if they are still waiting, else straight to the writer."""
+        with self._lock:
+            if self._scheduled:
+                self._queued.append(fn)
+                return
+        self.store.writer.submit(fn, urgent=True)
+
+    def _apply(self, db: sqlite_utils.Database, items: list[_Reservation | Write]) -> dict[_Reservation, Any]:
+        """The batch's transaction: each reservation in order, against the running totals as the
+        ones before it left them."""
+        db.conn.execute("BEGIN IMMEDIATE")
+        out: dict[_Reservation, Any] = {}
+        versions: dict[str, str | None] = {}
+        totals: dict[tuple[str, str, str, str], float] | None = None
+        spend_rows: list[list[Any]] = []
+        added: dict[tuple[str, str, str, str], float] = {}
+
+        def write_pending() -> None:
+            if spend_rows:
+                db.conn.executemany(
+                    "insert into spend (id, workspace, channel, user, estimate_usd, actual_usd, estimated, "
+                    "counted, status, owner, day, month, created_at, free) values (?, ?, ?, ?, ?, 0, 0, 1, "
+                    "'reserved', ?, ?, ?, ?, ?)", spend_rows)
+                spend_rows.clear()
+            if added:
+                db.conn.executemany(
+                    "insert into spend_totals (workspace, scope, target, period, usd) values (?, ?, ?, ?, ?) "
+                    "on conflict(workspace, scope, target, period) do update set usd = spend_totals.usd + "
+                    "excluded.usd", [(*k, usd) for k, usd in added.items()])
+                added.clear()
+
+        reservations = [i for i in items if isinstance(i, _Reservation)]
+        for workspace in {i.workspace for i in reservations if i.version is not ANY_VERSION}:
+            row = db.conn.execute("select value from meta where key = ?", [f"gov:{workspace}"]).fetchone()
+            versions[workspace] = row[0] if row else None
         owner = self.store.instance_id
-        sid = new_id()
-
-        def target_of(cap: Cap) -> str:
-            return user if cap.scope == "user" else cap.target
-
-        def fn(db: sqlite_utils.Database) -> tuple[str | None, list[Over], list[Alert]]:
-            db.conn.execute("BEGIN IMMEDIATE")
-            totals = {
-                (r[0], r[1], r[2]): r[3]
-                for r in db.conn.execute(
-                    "select scope, target, period, usd from spend_totals where workspace = ? and period in (?, ?)",
-                    [workspace, periods.day, periods.month],
-                )
-            }
+        for i, item in enumerate(items):
+            if not isinstance(item, _Reservation):
+                write_pending()
+                item(db)  # a settlement: the totals it changed are read again for what follows
+                totals = None
+                continue
+            if item.version is not ANY_VERSION and versions[item.workspace] != item.version:
+                out[item] = Stale()
+                continue
+            if totals is None:
+                totals = _read_totals(db, [r for r in items[i:] if isinstance(r, _Reservation)])
             over: list[Over] = []
             near: list[Alert] = []
-            for cap in caps:
+            for cap in item.caps:
                 for period in ("daily", "monthly"):
                     limit = cap.limit(period)
                     if limit is None:
                         continue
-                    spent = totals.get((cap.scope, target_of(cap), periods.key(period)), 0.0)
-                    if spent + estimate > limit + 1e-12:
+                    spent = totals.get((item.workspace, cap.scope, item.target_of(cap), item.periods.key(period)), 0.0)
+                    if spent + item.estimate > limit + 1e-12:
                         over.append(Over(cap, period, spent, limit))
-                    elif spent + estimate >= limit * cap.soft_pct / 100:
-                        near.append(Alert(cap, period, spent + estimate, limit))
+                    elif spent + item.estimate >= limit * cap.soft_pct / 100:
+                        near.append(Alert(cap, period, spent + item.estimate, limit))
             if over:
-                return None, over, []
-            db.conn.execute(
-                "insert into spend (id, workspace, channel, user, estimate_usd, actual_usd, estimated, counted, "
-                "status, owner, day, month, created_at, free) values (?, ?, ?, ?, ?, 0, 0, 1, 'reserved', "
-                "?, ?, ?, ?, ?)",
-                [sid, workspace, channel, user, estimate, owner, periods.day, periods.month, now_iso(),
-                 ",".join(free)],
-            )
-            self._add(db, keys, estimate)
+                out[item] = (None, over, [])
+                continue
+            spend_rows.append([item.sid, item.workspace, item.channel, item.user, item.estimate, owner,
+                               item.periods.day, item.periods.month, now_iso(), ",".join(item.free)])
+            for key in _keys(item.workspace, item.channel, item.user, item.periods):
+                added[key] = added.get(key, 0.0) + item.estimate
+                if key in totals:
+                    totals[key] += item.estimate
             alerts = []
             for a in near:
                 cur = db.conn.execute(
                     "insert or ignore into alerts (workspace, scope, target, period, sent_at) values (?, ?, ?, ?, ?)",
-                    [workspace, a.cap.scope, target_of(a.cap), periods.key(a.period), now_iso()],
+                    [item.workspace, a.cap.scope, item.target_of(a.cap), item.periods.key(a.period), now_iso()],
                 )
                 if cur.rowcount == 1:
                     alerts.append(a)
-            return sid, [], alerts
-
-        try:
-            result: tuple[str | None, list[Over], list[Alert]] = await self.store.writer.acall(fn, urgent=True)
-        except asyncio.CancelledError:
-            # The request was cancelled while its reservation was being made: give it back
-            # (in the same lane, so after the reservation if it was made).
-            self.settle(sid, 0.0, estimated=False)
-            raise
-        return result
+            out[item] = (item.sid, [], alerts)
+        write_pending()
+        return out
 
     @staticmethod
     def _add(db: sqlite_utils.Database, keys: list[tuple[str, str, str, str]], usd: float) -> None:
@@ -359,12 +535,11 @@ class GovernanceStore:
             self._settle(db, sid, actual, estimated)
 
         # In the reservations' lane: a later reservation must see the budget this one gives back.
-        self.store.writer.submit(fn, urgent=True)
+        self._after_reservations(fn)
 
     def attach(self, sid: str, discussion_id: str) -> None:
-        self.store.writer.submit(
-            lambda db: db.conn.execute("update spend set discussion_id = ? where id = ?", [discussion_id, sid]),
-            urgent=True,
+        self._after_reservations(
+            lambda db: db.conn.execute("update spend set discussion_id = ? where id = ?", [discussion_id, sid])
         )
 
     def settle_orphans(self) -> int:
@@ -411,6 +586,11 @@ class GovernanceStore:
         )
 
     # --- own keys ------------------------------------------------------------------------------
+    def key_owners(self, workspace: str) -> list[str]:
+        """Who has an own key stored in ``workspace`` ('' for the workspace's own)."""
+        return [r["user"] or "" for r in self.peek(
+            "select distinct user from provider_keys where workspace = ?", [workspace])]
+
     def key_rows(self, workspace: str, users: list[str]) -> list[dict[str, Any]]:
         marks = ",".join("?" * len(users))
         return self.peek(
