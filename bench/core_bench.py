@@ -99,9 +99,10 @@ class PacedServer:
     scenario and one ticker writes every stream's due chunks: chunk ``i`` of a
     stream is due at ``start + first_token_delay + i * chunk_delay``, so a
     stream keeps 50 chunks/s however late one tick runs, and the server spends
-    a write per chunk, not a task wake-up and a JSON encode. (The test server
-    spends ~40 µs per chunk and falls behind at a few hundred streams, which
-    would slow the streams and flatter the client.)
+    a write per chunk, not a task wake-up and a JSON encode. (Run with the test
+    server, 500 streams meant for 50 chunks/s got 35: each sleeps 20 ms after a
+    write, and its loop lagged 50 ms at p99, which slows the streams and
+    flatters the client.)
     """
 
     TICK = 0.002
