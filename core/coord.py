@@ -100,7 +100,7 @@ class Claims(NamedTuple):
     """One replica's messages still waiting for a final call from a shared window."""
 
     replica: str
-    count: int
+    waiting: int
     #: At most this many slots are held back for every replica's claims together.
     cap: int
     #: Whether this take is a progress update (the claims are held back from it) or a final.
@@ -191,7 +191,7 @@ class LocalCoordinator:
             return Taken(False, left, True, now)
         if claims is not None:
             held = self._claims.setdefault(key, {})
-            held[claims.replica] = (claims.count, now + window)
+            held[claims.replica] = (claims.waiting, now + window)
             for replica, (_, until) in list(held.items()):
                 if until < now:
                     del held[replica]
@@ -438,7 +438,7 @@ class RedisCoordinator:
         keys = [*self._keys("window", key), f"{PREFIX}pace:{{{key}}}", f"{PREFIX}claims:{{{key}}}"]
         args: list[int | str] = [int(limit), max(1, round(window * 1e6)), max(0, int(reserve)), member,
                                  max(1, round(1e6 / pace[0])) if pace else 0, max(1, int(pace[1])) if pace else 1,
-                                 claims.replica if claims else "", max(0, claims.count) if claims else 0,
+                                 claims.replica if claims else "", max(0, claims.waiting) if claims else 0,
                                  max(0, claims.cap) if claims else 0, int(claims.progress) if claims else 0]
         reply = await self._call("a budget take", lambda: self._window(keys, args))
         return _taken(reply)

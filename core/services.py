@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.config import Settings
 from core import ledger
+from core.config import Settings
 from core.coord import Coordinator, LocalCoordinator, coordinator
 from core.discussion import Engine
 from core.governance import Governance
