@@ -75,8 +75,12 @@ class Engine:
         try:
             if grant is None:
                 panel = self.panel(request)
-            if (conversation and not request.fresh) or request.continues:
-                await self.store.settled()  # earlier turns of this conversation are in before history is read
+            past = None
+            if conversation and not request.fresh:
+                # Read after this process's queued writes (its earlier turns are in), off the loop.
+                past = await self.store.ahistory(conversation)
+            elif request.continues:
+                await self.store.settled()  # the turn it continues is in before it is read
         except BaseException:
             if grant is not None:
                 grant.release()
@@ -93,6 +97,7 @@ class Engine:
             where=(caller.workspace, caller.channel, caller.user) if caller is not None else None,
         )
         run = Run(did, request, conversation)
+        run.past = past
         if self.metrics is not None:
             self.metrics.discussions.labels(request.mode).inc()
         if request.continues:

@@ -411,7 +411,15 @@ class Store:
 
     def history(self, conversation: str, limit: int = 20) -> list[PastDiscussion]:
         """Earlier discussions of a conversation, oldest first, with their finished turns."""
-        db = self._read()
+        return self._history(self._read(), conversation, limit)
+
+    async def ahistory(self, conversation: str, limit: int = 20) -> list[PastDiscussion]:
+        """:meth:`history` read on the writer's thread, after this process's queued writes
+        (the conversation's earlier turns are in), without blocking the event loop."""
+        return list(await self.writer.acall(lambda db: self._history(db, conversation, limit)))
+
+    @staticmethod
+    def _history(db: sqlite_utils.Database, conversation: str, limit: int) -> list[PastDiscussion]:
         rows = list(
             db.query(
                 "select id, mode, prompt from discussions where conversation = ? "
