@@ -1,7 +1,7 @@
 """Run every benchmark, then refresh the summary in README.md.
 
     python -m bench.run            # all
-    python -m bench.run core       # one (core, slack, discord, governance, replicas)
+    python -m bench.run core       # one (core, slack, discord, governance, replicas, ack)
 
 Each benchmark module has ``main() -> dict`` that writes
 ``bench/results/<name>.json`` (+ a PNG chart for most) and returns a ``summary`` list of
@@ -23,6 +23,7 @@ BENCHES = {
     "discord": "bench.discord_bench",
     "governance": "bench.governance_bench",
     "replicas": "bench.replica_bench",
+    "ack": "bench.ack_bench",
 }
 MARK = "<!-- bench-summary -->"
 
