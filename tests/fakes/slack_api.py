@@ -9,8 +9,16 @@ and benchmarks can measure when text became visible.
 
 Rate limits are enforced as sliding windows (``limits``: calls per window per
 method per workspace, counted for the workspace whose token made the call;
-``post_per_channel`` for ``chat.postMessage``). ``latency`` (seconds) delays every
-Web API answer, standing for the network between a replica and Slack.
+``post_per_channel`` for ``chat.postMessage``) and, for ``chat.postMessage`` per
+channel, optionally as a rate with a burst (``post_rate``). ``latency`` (seconds)
+delays every Web API answer, standing for the network between a replica and Slack.
+A 429's ``Retry-After`` is whole seconds, at least 1, as Slack sends it; with
+``time_scale`` (benchmarks compress time) it counts the fake's compressed seconds,
+so a client that sleeps ``Retry-After / time_scale`` waits what Slack would make it.
+
+The fake's own limit table, from Slack's documentation and independent of Parley's
+(:data:`PUBLISHED_PER_MINUTE` and the ``chat.postMessage`` figures below it), is what
+:meth:`FakeSlackAPI.published` enforces.
 
 ``users.info`` answers from ``admins`` / ``owners`` (ids that are workspace admins or
 owners); ``views.publish`` keeps each person's App Home in ``homes`` and
@@ -52,6 +60,32 @@ from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import WSMsgType, web
 
+# --- Slack's published rate limits: the fake's own table (Parley's is bots/slack/budgets.py) ----------
+#: Calls per minute per method per workspace. Slack counts limits "per API method per workspace/team
+#: per app" (https://docs.slack.dev/apis/web-api/rate-limits), in tiers whose published figure is a
+#: floor: Tier 2 "20+ per minute", Tier 3 "50+", Tier 4 "100+". The floor of each method's tier, from
+#: its reference page:
+PUBLISHED_PER_MINUTE: dict[str, int] = {
+    "chat.update": 50,  # Tier 3, https://docs.slack.dev/reference/methods/chat.update
+    "chat.startStream": 20,  # Tier 2, https://docs.slack.dev/reference/methods/chat.startStream
+    "chat.appendStream": 100,  # Tier 4, https://docs.slack.dev/reference/methods/chat.appendStream
+    "chat.stopStream": 20,  # Tier 2, https://docs.slack.dev/reference/methods/chat.stopStream
+    # "Special rate limits apply", no figure given
+    # (https://docs.slack.dev/reference/methods/assistant.threads.setStatus): held to Tier 3 here.
+    "assistant.threads.setStatus": 50,
+    # chat.postMessage is "Special" (https://docs.slack.dev/reference/methods/chat.postMessage): "one
+    # message per second per channel, while also maintaining a workspace-wide limit" (the rate-limits
+    # page). Slack does not publish the workspace-wide figure: 300 per minute is ASSUMED.
+    "chat.postMessage": 300,
+}
+#: chat.postMessage per channel: "1 per second", "short bursts >1 allowed. If you attempt bursts,
+#: there is no guarantee that messages will" be accepted (the rate-limits page). The burst's size is not
+#: published: 3 is ASSUMED.
+POST_PER_CHANNEL_PER_SECOND = 1.0
+POST_BURST = 3
+#: A network round trip between a replica and Slack (assumed, not Slack's figure).
+RTT = 0.05
+
 
 @dataclass
 class Call:
@@ -91,13 +125,19 @@ class FakeSlackAPI:
         scopes: str = "commands,chat:write,chat:write.customize,app_mentions:read,im:history,users:read",
         limits: dict[str, tuple[int, float]] | None = None,
         post_per_channel: tuple[int, float] | None = None,
+        post_rate: tuple[float, int] | None = None,
         latency: float = 0.0,
+        time_scale: float = 1.0,
     ) -> None:
         self.bot_token = bot_token
         self.app_token = app_token
         self.scopes = scopes
         self.limits = limits or {}
         self.post_per_channel = post_per_channel
+        #: chat.postMessage per channel as (calls per second, burst): a rate with a burst (GCRA).
+        self.post_rate = post_rate
+        #: Seconds of Slack per second of the fake: Retry-After is given in Slack's seconds.
+        self.time_scale = time_scale
         self.calls: list[Call] = []
         self.messages: dict[str, Message] = {}
         self.ephemeral: list[dict[str, Any]] = []
@@ -110,6 +150,7 @@ class FakeSlackAPI:
         self.delays: dict[str, float] = {}  # seconds a method takes to answer (to widen races)
         self.latency = latency  # seconds every Web API call takes on the network (each way together)
         self._windows: dict[tuple[str, str], deque[float]] = defaultdict(deque)
+        self._tat: dict[str, float] = {}  # per channel: when its post_rate allows the next call (GCRA)
         self._ts = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -142,6 +183,23 @@ class FakeSlackAPI:
         self.authorizations: list[dict[str, str]] = []  # the query of every /oauth/v2/authorize
         self._codes: dict[str, dict[str, str]] = {}  # code -> {"team", "scope", "user"}
         self._refresh: dict[str, str] = {}  # refresh token -> workspace
+
+    @classmethod
+    def published(
+        cls, *, bot_token: str, scale: float = 1.0, latency: float = RTT, post_burst: int = POST_BURST, **kw: Any
+    ) -> FakeSlackAPI:
+        """A fake that enforces :data:`PUBLISHED_PER_MINUTE` (sliding one-minute windows per method per
+        workspace, chat.postMessage's assumed workspace-wide cap included), chat.postMessage's one per
+        second per channel with a burst of ``post_burst``, and a network round trip of ``latency``
+        Slack seconds, all with time compressed ×``scale`` (Retry-After counted in Slack's seconds)."""
+        return cls(
+            bot_token=bot_token,
+            limits={m: (n, 60.0 / scale) for m, n in PUBLISHED_PER_MINUTE.items()},
+            post_rate=(POST_PER_CHANNEL_PER_SECOND * scale, post_burst),
+            latency=latency / scale,
+            time_scale=scale,
+            **kw,
+        )
 
     # --- server ---------------------------------------------------------------------------------------
     @property
@@ -244,6 +302,14 @@ class FakeSlackAPI:
                 w.popleft()
             if len(w) >= n:
                 return w[0] + per - now
+        channel = str(args.get("channel"))
+        if method == "chat.postMessage" and self.post_rate:
+            rate, burst = self.post_rate
+            tat = max(self._tat.get(channel, now), now)
+            allowed_at = tat - (burst - 1) / rate
+            if now < allowed_at:
+                return allowed_at - now
+            self._tat[channel] = tat + 1 / rate
         for key, _, _ in checks:
             self._windows[key].append(now)
         return None
@@ -293,7 +359,7 @@ class FakeSlackAPI:
                 call,
                 {"ok": False, "error": "ratelimited"},
                 429,
-                {"Retry-After": str(max(1, math.ceil(wait)))},
+                {"Retry-After": str(max(1, math.ceil(wait * self.time_scale - 1e-9)))},
             )
         if method.startswith("chat.") and args.get("channel") in self.archived:
             return self._reply(call, {"ok": False, "error": "is_archived"})
@@ -519,7 +585,9 @@ class FakeSlackAPI:
             args.get("recipient_user_id") and args.get("recipient_team_id")
         ):
             return {"ok": False, "error": "missing_recipient_user_id"}, {}
-        text = args.get("markdown_text") or ""
+        text = _stream_text(args)
+        if text is None:
+            return {"ok": False, "error": "invalid_chunks"}, {}
         if len(text) > 12_000:
             return {"ok": False, "error": "msg_too_long"}, {}
         ts = self._new_ts()
@@ -552,7 +620,9 @@ class FakeSlackAPI:
         m = self._stream(args)
         if isinstance(m, dict):
             return m, {}
-        delta = args.get("markdown_text") or ""
+        delta = _stream_text(args)
+        if delta is None:
+            return {"ok": False, "error": "invalid_chunks"}, {}
         if len(delta) > 12_000:
             return {"ok": False, "error": "msg_too_long"}, {}
         m.show(m.text + delta)
@@ -565,8 +635,11 @@ class FakeSlackAPI:
         blocks = self._blocks("chat.stopStream", args)
         if isinstance(blocks, str):
             return {"ok": False, "error": blocks}, {}
-        if args.get("markdown_text"):
-            m.show(m.text + args["markdown_text"])
+        tail = _stream_text(args)
+        if tail is None:
+            return {"ok": False, "error": "invalid_chunks"}, {}
+        if tail:
+            m.show(m.text + tail)
         m.blocks = blocks  # shown under the streamed text
         m.streaming = False
         return {"ok": True, "channel": m.channel, "ts": m.ts, "message": {"text": m.text}}, {}
@@ -631,6 +704,7 @@ class FakeSlackAPI:
         self.calls.clear()
         self.messages.clear()
         self._windows.clear()
+        self._tat.clear()
         return web.json_response({"ok": True})
 
     # --- Socket Mode -----------------------------------------------------------------------------------
@@ -661,6 +735,22 @@ class FakeSlackAPI:
         finally:
             sender.cancel()
         return ws
+
+
+def _stream_text(args: dict[str, Any]) -> str | None:
+    """The text a stream call adds: ``markdown_text``, then the text of its ``markdown_text`` chunks
+    (https://docs.slack.dev/reference/methods/chat.appendStream: "chunks", as slack_sdk's chat_stream
+    sends them). None if the chunks are not a list of objects."""
+    text = str(args.get("markdown_text") or "")
+    chunks = args.get("chunks") or []
+    if isinstance(chunks, str):
+        try:
+            chunks = json.loads(chunks)
+        except ValueError:
+            return None
+    if not isinstance(chunks, list) or not all(isinstance(c, dict) for c in chunks):
+        return None
+    return text + "".join(str(c.get("text", "")) for c in chunks if c.get("type") == "markdown_text")
 
 
 def secrets_hex(n: int) -> str:
