@@ -74,6 +74,8 @@ class _View:
     final: State | None = None
     notice: str | None = None
     dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set when the turn's final text is known: a progress update still waiting for budget gives way.
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
     last_flush: float = 0.0
     task: asyncio.Task[None] | None = None
     visible_at: list[tuple[int, float]] = field(default_factory=list)
@@ -187,6 +189,7 @@ class Renderer:
         view.length = len(text)
         view.final = "done"
         view.dirty.set()
+        view.ended.set()
 
     def fail(self, turn_id: str, text: str, notice: str, actions: Sequence[Action] = ()) -> None:
         view = self.views[turn_id]
@@ -198,6 +201,7 @@ class Renderer:
         view.final = "failed"
         view.notice = notice
         view.dirty.set()
+        view.ended.set()
 
     async def drain(self) -> None:
         """Wait until every turn's last frame is on the platform."""
@@ -265,7 +269,7 @@ class Renderer:
         try:
             while True:
                 await view.dirty.wait()
-                if view.final is None:
+                if view.final is None and view.seen:  # the first text goes out at once
                     wait = view.last_flush + self.sink.min_interval - time.monotonic()
                     if wait > 0:
                         await asyncio.sleep(wait)
@@ -337,7 +341,15 @@ class Renderer:
         priority = rank(urgent, view.last_flush)
         for attempt in range(self.max_op_retries):
             bucket = self.sink.budget(msg.ref, frame)
-            await bucket.acquire(priority)
+            if priority >= 1 and view.final is None and not creating:
+                if not await self._progress_grant(view, bucket, priority):
+                    # The turn ended while this progress update waited for budget: ask again for
+                    # the final, at a final's priority (the sink may choose another budget for it).
+                    frame = self._display(view, msg, view.msgs.index(msg))
+                    priority = rank(True, view.last_flush)
+                    continue
+            else:
+                await bucket.acquire(priority)
             frame = self._latest(view, msg, frame, bucket)
             if frame.state != "streaming":
                 self.ledger.settling(msg.entry)
@@ -385,6 +397,29 @@ class Renderer:
                 return True
         view.dirty.set()  # try again on the next flush rather than drop the text
         return False
+
+    @staticmethod
+    async def _progress_grant(view: _View, bucket: TokenBucket, priority: float) -> bool:
+        """Wait for a progress update's budget; False (nothing taken) if the turn ends first, so that
+        its final is not held behind progress in a budget that is short."""
+        if bucket.try_acquire(priority):
+            return True
+        grant = asyncio.ensure_future(bucket.acquire(priority))
+        end = asyncio.ensure_future(view.ended.wait())
+        try:
+            await asyncio.wait((grant, end), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            end.cancel()
+            if not grant.done():
+                grant.cancel()
+        if grant.cancelled():
+            return False
+        if not grant.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await grant
+            return False
+        grant.result()  # granted (even if the turn ended just now): use it
+        return True
 
     def _latest(self, view: _View, msg: _Msg, frame: Frame, bucket: TokenBucket) -> Frame:
         """The frame to send now that the budget granted the operation: the text that

@@ -18,6 +18,14 @@ light load every reply streams; under a heavy one the replies spread over both
 budgets, so a workspace gets the sum of the two rates instead of either alone
 (:mod:`bots.slack.budgets`).
 
+A posted reply spends a third budget when ``chat.update`` is short: ``chat.postMessage``
+is counted per channel (and a workspace-wide cap far above ``chat.update``'s), so its new
+text can go out as the reply's next message in the thread, under the same label, instead
+of waiting for an update (:meth:`SlackSink.budget`). The message before keeps what it
+showed, which ends at a word boundary (a word still arriving is shown once it is whole),
+never inside a code block. Its final text goes the same way when updates are queued, so
+finals never wait a minute behind ``chat.update``'s window.
+
 The sink only writes to Slack: which messages are open, what they show and
 their budget claims are kept by the renderer's :class:`core.ledger.Ledger`. It
 keeps its own count of live streams (each needs a ``stopStream``).
@@ -39,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +65,7 @@ from core.budget import TokenBucket
 from core.events import DiscussionFinished, DiscussionStarted, StageStarted, TurnInfo
 from core.present import line, strong, summary_doc
 from core.sink import Frame, MessageClosed, Notice, RateLimited, Sink, Undeliverable
+from core.textsplit import open_fence_at
 
 log = logging.getLogger("parley.slack")
 
@@ -70,6 +80,14 @@ NO_STREAMS = ("missing_scope", "unknown_method", "not_allowed", "method_deprecat
 #: the loading messages, at most 10 (https://docs.slack.dev/reference/methods/assistant.threads.setStatus).
 STATUS = "is thinking…"
 MAX_LOADING = 10
+#: A posted reply's progress goes out as its next message only with at least this much new text.
+MIN_PART = 100
+#: With more posted replies than this still to finish in the workspace, a new one is posted with
+#: its first text, not as an empty placeholder (filling one would need chat.update).
+PLACEHOLDERS = 6
+#: While streaming, a posted message shows text up to its last word boundary, holding back at most
+#: this many characters of a word still arriving (a longer run is shown as it is).
+HOLD_BACK = 40
 
 
 @dataclass
@@ -80,6 +98,13 @@ class SlackRef:
     started: float = field(default_factory=time.monotonic)
     shown: str = ""  # what the message shows now (markdown for streams, mrkdwn for messages)
     live: bool = False  # a stream not yet stopped: holds one of the workspace's live-stream slots
+    #: A posted reply continued in new messages: ``ts`` is the last one; the frame's text from
+    #: ``base`` on is this message's, up to ``upto`` shown so far (both indices of ``Frame.text``).
+    base: int = 0
+    upto: int = 0
+    parts: int = 1
+    #: A posted reply's key in the workspace's post window while its final is still to be written.
+    due: tuple[int, str, int] | None = None
 
 
 class SlackSink(Sink):
@@ -112,10 +137,19 @@ class SlackSink(Sink):
         self.customize = customize
         self.stream_life = stream_life
         self.on_call = on_call
-        self.post_budget = budgets.post(channel)
+        #: The renderer posts notices (summary, stage titles) with this one; replies use ``reply_posts``.
+        self.post_budget = budgets.notices(channel)
+        self.reply_posts = budgets.post(channel)
         self.edit_budget = budgets["chat.update"]
         self._route: dict[tuple[str, int], str] = {}
+        self._starting: set[tuple[str, int]] = set()  # replies counted in budgets.starting
+        self._streams = 0  # this discussion's live streams, and those about to start
+        #: How the next operation on a posted message goes ("update" or "post"), by (message, state).
+        self._how: dict[tuple[int, str], str] = {}
         self._stops: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        #: What an operation that makes no call draws from (a reply whose posting waits for its text).
+        self._no_call = TokenBucket(math.inf, 1, name="no call")
         # progress: the status line, and a consensus's task list
         self.status_on = False
         self._loading: list[str] = []
@@ -127,13 +161,30 @@ class SlackSink(Sink):
     def budget(self, ref: SlackRef | None, frame: Frame) -> TokenBucket:
         key = (frame.turn.turn_id, frame.part)
         if ref is None:
-            if frame.state == "streaming" and self.budgets.can_stream():
+            self._started(key)  # asked again (a retry): decide anew
+            if frame.state == "streaming" and self.budgets.can_stream(self._streams):
                 self._route[key] = "stream"
+                self._starting.add(key)
+                self.budgets.starting += 1
+                self._streams += 1
                 return self.budgets["chat.startStream"]
+            self._owe(frame)
+            busy = not self.edit_budget.available() or len(self.budgets.post_window.due) > PLACEHOLDERS
+            if frame.state == "streaming" and ((not frame.raw and busy) or not self.reply_posts.workspace.available()):
+                # Under load, no empty placeholder: the reply is posted with its first text (or with
+                # its final, if the workspace's posts are short until then), so that an empty message
+                # never waits for chat.update to be filled.
+                self._route[key] = "later"
+                return self._no_call
             self._route[key] = "message"
-            return self.post_budget
+            return self.reply_posts
+        if not ref.ts:
+            self._how[(id(ref), frame.state)] = "create"
+            return self.reply_posts
         if ref.kind == "message":
-            return self.edit_budget
+            how = self._message_route(ref, frame)
+            self._how[(id(ref), frame.state)] = how
+            return self.reply_posts if how == "post" else self.edit_budget
         if frame.state == "streaming" and time.monotonic() - ref.started > self.stream_life:
             return self.budgets["chat.stopStream"]  # retire the stream before Slack does
         if frame.state != "streaming" and not self._delta(ref, self._markdown(frame)):
@@ -141,7 +192,70 @@ class SlackSink(Sink):
         return self.budgets["chat.appendStream"]
 
     def final_budget(self, ref: SlackRef) -> TokenBucket:
+        # A posted message's claim is on chat.update; the workspace's chat.postMessage window holds
+        # slots for those claims as well (budgets.PostWindow): its final may go either way.
         return self.budgets["chat.appendStream"] if ref.kind == "stream" else self.edit_budget
+
+    def _message_route(self, ref: SlackRef, frame: Frame) -> str:
+        """"update" (chat.update the message) or "post" (its new text as the reply's next message)."""
+        final = frame.state != "streaming"
+        upto = self._cut(frame)
+        if (
+            ref.upto <= ref.base  # the message shows nothing yet: fill it
+            or upto <= ref.upto
+            or open_fence_at(frame.text, ref.upto) is not None  # never split inside code
+        ):
+            return "update"
+        if final:
+            # chat.update while its window has a slot for every final sent to it, else as a post:
+            # the workspace's post window holds a slot for it (budgets.PostWindow).
+            waiting = self.budgets.finals_on_update
+            waiting.discard(id(ref))
+            if self.edit_budget.available() or self._free(self.edit_budget) > len(waiting):
+                waiting.add(id(ref))
+                return "update"
+            return "post"
+        if self.edit_budget.available():
+            return "update"
+        enough = upto - ref.upto >= MIN_PART  # a paragraph's worth: no tiny messages
+        if enough and self.reply_posts.ready():
+            return "post"
+        # Wait where the wait is shorter (chat.update's queue is the workspace's, a channel's posts
+        # are its own); more text arrives meanwhile and goes with it. With little new text, a post
+        # only if an update would wait long (a twelfth of the window: five of Slack's seconds).
+        edit_wait = getattr(self.edit_budget, "expected_wait", None)
+        if edit_wait is not None:
+            wait = edit_wait()
+            if self.reply_posts.expected_wait() < wait and (enough or wait > self.budgets.window / 12):
+                return "post"
+        return "update"
+
+    def _started(self, key: tuple[str, int], live: bool = False) -> None:
+        """A reply that chose to stream is no longer waiting for its start: it is ``live``, or not a stream."""
+        if key in self._starting:
+            self._starting.discard(key)
+            self.budgets.starting -= 1
+            if not live:
+                self._streams -= 1
+
+    def _owe(self, frame: Frame) -> None:
+        """This reply is to be posted: a slot of the workspace's post window is held for its final."""
+        self.budgets.post_window.due.add((id(self), frame.turn.turn_id, frame.part))
+
+    def _paid(self, frame: Frame) -> None:
+        """Its final is written (or it will never be): the slot is free for others."""
+        self.budgets.post_window.due.discard((id(self), frame.turn.turn_id, frame.part))
+
+    def _forget_due(self) -> None:
+        """The discussion ended, however: nothing of it holds a slot any more."""
+        due = self.budgets.post_window.due
+        for key in [k for k in due if k[0] == id(self)]:
+            due.discard(key)
+
+    @staticmethod
+    def _free(bucket: TokenBucket) -> int:
+        free_now = getattr(bucket, "free_now", None)
+        return int(free_now()) if free_now is not None else 0
 
     # --- what the ledger records ----------------------------------------------------------------
     def record(self, ref: SlackRef) -> dict[str, Any]:
@@ -162,13 +276,26 @@ class SlackSink(Sink):
             text += f"\n\n⚠️ {escape(frame.notice, markdown=True)}"
         return text
 
-    def _mrkdwn(self, frame: Frame) -> str:
-        text = header(frame.turn, frame.part, markdown=False) + "\n\n" + to_mrkdwn(frame.text)
+    def _mrkdwn(self, frame: Frame, base: int = 0) -> str:
+        """A posted message's text: its label, then the frame's text from ``base`` (an earlier
+        message of the reply shows what comes before), up to :meth:`_cut` while streaming."""
+        body = frame.text[base : self._cut(frame)]
+        text = header(frame.turn, frame.part, markdown=False) + "\n\n" + to_mrkdwn(body)
         if frame.state == "streaming":
             text += " …"
         elif frame.state == "failed" and frame.notice:
             text += f"\n\n:warning: {to_mrkdwn(frame.notice)}"
         return text
+
+    @staticmethod
+    def _cut(frame: Frame) -> int:
+        """How much of ``frame.text`` a posted message shows: all of it once final; while streaming,
+        up to the last word boundary (a word still arriving waits for its end, unless it is long)."""
+        text = frame.text
+        if frame.state != "streaming" or not text or text[-1].isspace():
+            return len(text)
+        i = max(text.rfind(" "), text.rfind("\n"))
+        return i + 1 if i >= 0 and len(text) - i - 1 <= HOLD_BACK else len(text)
 
     @staticmethod
     def _delta(ref: SlackRef, new: str) -> str | None:
@@ -187,6 +314,9 @@ class SlackSink(Sink):
     # --- Sink ------------------------------------------------------------------------------------
     async def post(self, frame: Frame) -> SlackRef:
         route = self._route.pop((frame.turn.turn_id, frame.part), "message")
+        if route == "later":
+            # posted by the first edit (see budget)
+            return SlackRef(self.channel, "", "message", due=(id(self), frame.turn.turn_id, frame.part))
         ident = self._identity(frame.turn)
         if route == "stream":
             text = self._markdown(frame)
@@ -207,25 +337,28 @@ class SlackSink(Sink):
                     log.warning("native streams unavailable (%s); using post and update", slack_error(e))
                     self.budgets.streams_enabled = False
                 raise
+            except BaseException:
+                self._started((frame.turn.turn_id, frame.part))
+                raise
+            self._started((frame.turn.turn_id, frame.part), live=True)
             self.budgets.live_streams += 1
             return SlackRef(self.channel, str(resp["ts"]), "stream", shown=text, live=True)
-        text = self._mrkdwn(frame)
-        resp = await self._call(
-            "chat.postMessage",
-            self.client.chat_postMessage,
-            channel=self.channel,
-            thread_ts=self.thread_ts,
-            text=text,
-            unfurl_links=False,
-            unfurl_media=False,
-            **self._message_blocks(frame),
-            **ident,
-        )
-        return SlackRef(self.channel, str(resp["ts"]), "message", shown=text)
+        ref = SlackRef(self.channel, "", "message", due=(id(self), frame.turn.turn_id, frame.part))
+        await self._continue(ref, frame)
+        if frame.state != "streaming":
+            self._paid(frame)
+        return ref
 
     async def edit(self, ref: SlackRef, frame: Frame) -> None:
         if ref.kind == "message":
-            await self._update(ref, frame)
+            how = self._how.pop((id(ref), frame.state), "update")
+            self.budgets.finals_on_update.discard(id(ref))
+            if how in ("post", "create") or not ref.ts:
+                await self._continue(ref, frame)
+            else:
+                await self._update(ref, frame)
+            if frame.state != "streaming":
+                self._paid(frame)
             return
         final = frame.state != "streaming"
         if not final and time.monotonic() - ref.started > self.stream_life:
@@ -267,7 +400,15 @@ class SlackSink(Sink):
                 await self._stop(ref, below)
 
     def shows(self, event: Notice) -> bool:
-        """The start (status, a consensus's task list), stage titles and the summary."""
+        """A consensus's start (its task list), stage titles and the summary. Any other start sets
+        the thread's status only, which has its own budget: it goes in the background, without
+        waiting for the channel's chat.postMessage budget (the parent message just spent it)."""
+        if isinstance(event, DiscussionStarted) and not (event.stages and self.tasks_ts is None):
+            self._loading = [f"{escape(p)} is writing…" for p in event.panel][:MAX_LOADING]
+            task = asyncio.get_running_loop().create_task(self.set_status(STATUS))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            return False
         return isinstance(event, (DiscussionStarted, StageStarted, DiscussionFinished))
 
     async def notice(self, event: Notice) -> None:
@@ -315,6 +456,9 @@ class SlackSink(Sink):
     async def settle(self, *, failed: bool = True) -> None:
         """The discussion ended, however it ended: clear the status and complete the task list
         (the stage that was running is marked failed unless the discussion finished). Never raises."""
+        self._forget_due()
+        for key in list(self._starting):
+            self._started(key)
         if self.stages and ("pending" in self.states or "in_progress" in self.states):
             end = "error" if failed else "complete"
             self.states = [end if s == "in_progress" or (s == "pending" and not failed) else s
@@ -376,12 +520,18 @@ class SlackSink(Sink):
 
     def abandon(self, ref: SlackRef) -> None:
         """The renderer gave up on this message (the channel refuses writes)."""
+        self.budgets.finals_on_update.discard(id(ref))
+        if ref.due is not None:
+            self.budgets.post_window.due.discard(ref.due)
         self._closed(ref)
 
     async def aclose(self) -> None:
-        """Wait for streams still being stopped in the background."""
-        if self._stops:
-            await asyncio.gather(*list(self._stops), return_exceptions=True)
+        """Wait for streams still being stopped (and a status still being set) in the background."""
+        if self._stops or self._background:
+            await asyncio.gather(*list(self._stops), *list(self._background), return_exceptions=True)
+        self._forget_due()
+        for key in list(self._starting):
+            self._started(key)
 
     # --- helpers ------------------------------------------------------------------------------------
     def _identity(self, turn: TurnInfo) -> dict[str, Any]:
@@ -397,30 +547,55 @@ class SlackSink(Sink):
             return await fn(**kwargs)
         except SlackApiError as e:
             if e.response is not None and e.response.status_code == 429:
-                raise RateLimited(retry_after(e)) from None
+                raise RateLimited(self.budgets.retry_after(retry_after(e))) from None
             if slack_error(e) in PERMANENT_ERRORS:
                 raise Undeliverable(f"Slack refused {method}: {slack_error(e)}") from None
             raise
 
     async def _update(self, ref: SlackRef, frame: Frame) -> None:
         """Replace a posted message's text."""
-        text = self._mrkdwn(frame)
+        text = self._mrkdwn(frame, ref.base)
         try:
             await self._call(
                 "chat.update", self.client.chat_update, channel=ref.channel, ts=ref.ts, text=text,
-                **self._message_blocks(frame),
+                **self._message_blocks(frame, ref.base),
             )
         except SlackApiError as e:
             if slack_error(e) in ("message_not_found", "cant_update_message"):
+                self._paid(frame)  # the rest goes on as another message (another part)
                 raise MessageClosed() from None  # deleted by someone: the rest continues in a new message
             raise
         ref.shown = text
+        ref.upto = self._cut(frame)
 
-    def _message_blocks(self, frame: Frame) -> dict[str, Any]:
+    async def _continue(self, ref: SlackRef, frame: Frame) -> None:
+        """Post the reply's message (``ref.ts`` empty) or its next one in the thread, under the same
+        label: the message before keeps what it shows (up to ``ref.upto``), this one shows the rest."""
+        base = ref.upto
+        if ref.ts and frame.state == "streaming" and self._cut(frame) <= base:
+            return  # nothing new to show yet beyond a word still arriving: the next one will
+        text = self._mrkdwn(frame, base)
+        resp = await self._call(
+            "chat.postMessage",
+            self.client.chat_postMessage,
+            channel=self.channel,
+            thread_ts=self.thread_ts,
+            text=text,
+            unfurl_links=False,
+            unfurl_media=False,
+            **self._message_blocks(frame, base),
+            **self._identity(frame.turn),
+        )
+        if ref.ts:
+            ref.parts += 1
+        ref.ts, ref.base, ref.upto, ref.shown = str(resp["ts"]), base, self._cut(frame), text
+
+    def _message_blocks(self, frame: Frame, base: int = 0) -> dict[str, Any]:
         """A final posted answer's blocks (its text, then its actions); none before."""
         if not frame.actions or frame.state == "streaming":
             return {}
-        return {"blocks": blocks.answer_blocks(self._markdown(frame), frame.actions)}
+        part = Frame(frame.turn, frame.text[base:], frame.raw, frame.part, frame.state, frame.notice, frame.actions)
+        return {"blocks": blocks.answer_blocks(self._markdown(part), frame.actions)}
 
     async def _end_stream(self, ref: SlackRef, below: list[dict[str, Any]] | None = None) -> None:
         try:
@@ -455,3 +630,4 @@ class SlackSink(Sink):
         if ref.live:
             ref.live = False
             self.budgets.live_streams -= 1
+            self._streams -= 1
