@@ -26,6 +26,8 @@ THREAD_INTERRUPTED = "⚠️ Interrupted: Parley restarted before this discussio
 async def mark_interrupted(client: AsyncWebClient, ref: dict[str, Any], shown: str) -> None:
     """Edit one open message (or leave a note in a discussion's thread) to say it was interrupted."""
     channel, ts, kind = ref["channel"], ref["ts"], ref["kind"]
+    if not ts:
+        return  # a reply held back under load and never posted: there is nothing to edit
     if kind == "thread":
         await client.chat_postMessage(channel=channel, thread_ts=ts, text=THREAD_INTERRUPTED)
         return
