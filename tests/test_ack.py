@@ -9,65 +9,33 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import slack_bolt.listener.asyncio_runner as bolt_runner
 
-from core import info
 from core.commands import parse
 from core.config import Settings
 from core.governance import Refused
 from core.governance.scope import Caller, Periods
 from core.services import Services, build_services
 from core.threads import FrontDoor, Requests
-from tests.fakes.llm_server import FakeLLMServer
-from tests.test_engine import PROVIDERS, user_config
+from tests.test_governance import ADMIN, WS, admin, llm, svc  # noqa: F401  (fixtures)
 from tests.test_slack import Rig, rig  # noqa: F401 - the Slack rig fixture
 
-WS = "slack:T1"
-ADMIN = Caller(WS, "UADMIN", "C1", admin=True, private=True, front_end="slack")
-SECRET = "operator-secret-for-ack-tests-0123456789"
 ASK = "provider:alpha max_tokens:64 Hi"
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[FakeLLMServer]:
-    async with FakeLLMServer() as server:
-        yield server
-
-
-@pytest.fixture
-async def svc(llm: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-              store_target: str) -> AsyncIterator[Services]:
-    monkeypatch.setenv("PARLEY_CONFIG", str(user_config(tmp_path, llm.base_url)))
-    monkeypatch.setenv("PARLEY_SECRET_KEY", SECRET)
-    for pid in PROVIDERS:
-        monkeypatch.setenv(f"{pid.upper()}_API_KEY", f"env-key-{pid}-0123456789")
-    services = build_services(Settings())
-    try:
-        yield services
-    finally:
-        await services.aclose()
-
-
-async def admin(svc: Services, line: str, caller: Caller = ADMIN) -> info.InfoAnswer:
-    name, _, rest = line.partition(" ")
-    return await info.answer(svc, parse(name, rest), caller=caller)
 
 
 def person(i: int) -> Caller:
     return Caller(WS, f"U{i:03d}", f"C{i:03d}", private=True, front_end="slack")
 
 
-def reserved_usd(svc: Services) -> float:
+def reserved_usd(svc: Services) -> float:  # noqa: F811
     return svc.governance.db.totals(WS, "workspace", "", Periods.at())["daily"]
 
 
 # --- reservations ------------------------------------------------------------------------------
-async def test_a_burst_of_reservations_shares_transactions_and_never_goes_over_a_cap(svc: Services) -> None:
+async def test_a_burst_of_reservations_shares_transactions_and_never_goes_over_a_cap(svc: Services) -> None:  # noqa: F811
     probe = await svc.governance.admit(parse("ask", ASK), ADMIN)
     probe.release()
     one = probe.estimate.usd
@@ -102,7 +70,7 @@ async def test_a_burst_of_reservations_shares_transactions_and_never_goes_over_a
     assert rows[0] == 7 and reserved_usd(svc) == pytest.approx(rows[1])
 
 
-async def test_a_request_cancelled_while_its_reservation_waits_gives_it_back(svc: Services) -> None:
+async def test_a_request_cancelled_while_its_reservation_waits_gives_it_back(svc: Services) -> None:  # noqa: F811
     await admin(svc, "budget set scope:workspace daily:100")
     (await svc.governance.admit(parse("ask", ASK), ADMIN)).release()
     await svc.store.settled()
@@ -133,7 +101,7 @@ async def test_a_request_cancelled_while_its_reservation_waits_gives_it_back(svc
 
 
 # --- no reads on the loop, and other processes' changes still count ----------------------------
-async def test_an_admission_reads_nothing_on_the_loop_yet_sees_another_process_change(svc: Services) -> None:
+async def test_an_admission_reads_nothing_on_the_loop_yet_sees_another_process_change(svc: Services) -> None:  # noqa: F811
     (await svc.governance.admit(parse("ask", ASK), ADMIN)).release()  # the view is cached
     reads = 0
     peek = svc.store.peek
