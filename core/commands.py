@@ -110,6 +110,11 @@ OPTIONS: dict[str, Option] = {
         Option("temperature", "float", "Sampling temperature (0–2; clamped to the model's range)", lo=0, hi=2),
         Option("rounds", "int", "Consensus review rounds (stage 2 repeats)", lo=1),
         Option("moderator", "str", "Consensus moderator: a provider[/model] or a persona id", (), None),
+        Option("depth", "str", "How far a consensus goes: answers (stage 1 only), ranked (answers and the "
+               "anonymous ranking) or full (and the moderator's synthesis; the default)", (),
+               choices=("answers", "ranked", "full")),
+        Option("method", "str", "Consensus protocol: panel (the default) or debate (a devil's advocate argues "
+               "against the leading answer before the synthesis)", (), choices=("panel", "debate")),
         Option("max_tokens", "int", "Cap on each answer's length in tokens", ("max",), lo=1),
         Option("panel", "str", "A saved panel (/panel save): its options, yours override", (), "panel"),
         # Administration (/budget, /policy, /keys, /panel).
@@ -159,7 +164,8 @@ COMMANDS: dict[str, Command] = {
             "consensus",
             "A panel answers, reviews each other anonymously, and a moderator synthesises.",
             "consensus",
-            ("personas", "providers", "model", "temperature", "rounds", "moderator", "max_tokens", "panel"),
+            ("personas", "providers", "model", "temperature", "rounds", "moderator", "depth", "method", "max_tokens",
+             "panel"),
             True,
             "/consensus personas:riley,morgan,devon Should we launch on a Friday?",
         ),
@@ -222,7 +228,8 @@ COMMANDS: dict[str, Command] = {
             actions=(
                 Action("list", "The saved panels here."),
                 Action("save", "Save a panel.",
-                       ("personas", "providers", "model", "rounds", "moderator", "temperature", "max_tokens"),
+                       ("personas", "providers", "model", "rounds", "moderator", "depth", "method", "temperature",
+                        "max_tokens"),
                        "name", example="/panel save launch-review personas:riley,morgan providers:kimi,openai"),
                 Action("show", "What a panel runs.", (), "name", example="/panel show launch-review"),
                 Action("delete", "Delete a panel (its author or an admin).", (), "name",
@@ -260,6 +267,9 @@ class Request:
     temperature: float | None = None
     rounds: int | None = None
     moderator: str | None = None
+    #: How far a consensus goes (answers, ranked, full) and its protocol (panel, debate); None: the default.
+    depth: str | None = None
+    method: str | None = None
     max_tokens: int | None = None
     panel: str | None = None
     #: The sub-command of an administrative command, its NAME and its SECRET (never in repr).
@@ -293,6 +303,8 @@ class Request:
                 ("temperature", self.temperature),
                 ("rounds", self.rounds),
                 ("moderator", self.moderator),
+                ("depth", self.depth),
+                ("method", self.method),
                 ("max_tokens", self.max_tokens),
             )
             if v not in (None, [])
@@ -428,7 +440,8 @@ def build(
 
 
 #: Options that fill a discussion's own fields; every other option is a ``param``.
-_FIELDS = ("personas", "providers", "model", "temperature", "rounds", "moderator", "max_tokens", "panel")
+_FIELDS = ("personas", "providers", "model", "temperature", "rounds", "moderator", "depth", "method", "max_tokens",
+           "panel")
 #: How many names an administrative list option may hold.
 MAX_ADMIN_ITEMS = 100
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")

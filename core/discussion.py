@@ -214,7 +214,8 @@ def summary(run: Run) -> DiscussionFinished:
         cost_usd=round(run.cost, 8),
         wall_ms=_r((time.perf_counter() - run.started) * 1000),
     )
-    return DiscussionFinished(run.id, status, turns, total, run.message, run.ranking, run.request.mode or "")
+    return DiscussionFinished(run.id, status, turns, total, run.message, run.ranking, run.request.mode or "",
+                              run.reviewers, run.votes)
 
 
 def _r(x: float | None) -> float | None:

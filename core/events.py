@@ -167,6 +167,9 @@ class DiscussionFinished:
     message: str | None = None
     ranking: list[RankEntry] | None = None
     mode: str = ""
+    #: A consensus's last review round: reviewers asked, and how many of them cast a usable ballot.
+    reviewers: int = 0
+    votes: int = 0
     type: str = "discussion_finished"
 
 

@@ -83,6 +83,9 @@ class Run:
         self.results: list[TurnFinished | TurnFailed] = []
         self.started = time.perf_counter()
         self.ranking: list[RankEntry] | None = None
+        #: A consensus's last review round: reviewers asked, and how many cast a usable ballot.
+        self.reviewers = 0
+        self.votes = 0
         self.message: str | None = None
         self.failed_hard = False
         self.past: list[PastDiscussion] | None = None

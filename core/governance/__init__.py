@@ -49,7 +49,7 @@ log = logging.getLogger("parley.governance")
 #: Which command a channel's default mode makes of a plain question.
 MODE_COMMAND = {"single": "ask", "parallel": "compare", "consensus": "consensus"}
 #: Options a saved panel keeps.
-PANEL_FIELDS = ("personas", "providers", "model", "rounds", "moderator", "temperature", "max_tokens")
+PANEL_FIELDS = ("personas", "providers", "model", "rounds", "moderator", "depth", "method", "temperature", "max_tokens")
 #: How often a process looks for texts past their retention.
 SWEEP_EVERY = 3600.0
 #: Admissions tried on a view found stale (changed meanwhile) before one reserves on what it read.

@@ -24,6 +24,21 @@ class Message:
     content: str
 
 
+@dataclass(frozen=True, slots=True)
+class Structured:
+    """Ask for one JSON object matching ``schema`` (a JSON Schema) instead of free text.
+
+    Each wire sends it the way its protocol can, as the model's quirk profile says
+    (``QuirkProfile.structured``); a wire that cannot constrain output ignores it, and
+    the caller then reads the text with a tolerant parser. Either way the answer still
+    streams as text chunks (the JSON text when constrained).
+    """
+
+    name: str
+    schema: dict[str, Any]
+    description: str = ""
+
+
 @dataclass(slots=True)
 class ChatRequest:
     model: ModelSpec
@@ -35,6 +50,8 @@ class ChatRequest:
     #: The turn sets it once text has started (core/turn.py); an HTTP wire reads it before
     #: each read, so one wake-up carries every chunk that arrived meanwhile.
     gather: float = 0.0
+    #: Structured output wanted (a consensus ballot); None: free text.
+    structured: Structured | None = None
 
 
 @dataclass(slots=True)
