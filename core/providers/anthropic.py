@@ -7,6 +7,13 @@
 error`` can arrive after HTTP 200 (``overloaded_error``). A stream without
 ``message_stop`` is truncated, and so is one with data that is not a JSON
 object (:func:`core.providers.http.event_object`, shared with every wire).
+
+Structured output (quirk ``structured = "tool"``,
+https://docs.anthropic.com/en/docs/build-with-claude/tool-use): one tool whose
+``input_schema`` is the schema, forced by ``tool_choice: {"type": "tool"}``. Its
+input streams as ``content_block_delta`` with ``input_json_delta`` /
+``partial_json`` (yielded as text, so the caller reads the JSON text as it comes),
+and the message ends with stop_reason ``tool_use``, a normal end.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ class _Delta(msgspec.Struct, gc=False):
     text: Any = None
     thinking: Any = None
     stop_reason: Any = None
+    partial_json: Any = None
 
 
 class _Event(msgspec.Struct, gc=False):
@@ -60,7 +68,10 @@ def _event(endpoint: Endpoint, data: str) -> _Event:
         pass
     obj = event_object(endpoint, data)
     d = obj.get("delta")
-    delta = _Delta(d.get("type"), d.get("text"), d.get("thinking"), d.get("stop_reason")) if isinstance(d, dict) else None
+    delta = (
+        _Delta(d.get("type"), d.get("text"), d.get("thinking"), d.get("stop_reason"), d.get("partial_json"))
+        if isinstance(d, dict) else None
+    )
     return _Event(obj.get("type"), delta, obj.get("message"), obj.get("usage"))
 
 
@@ -78,6 +89,14 @@ def build_body(request: ChatRequest) -> dict[str, Any]:
         temp = request.temperature if request.temperature is not None else profile.default_temperature
         if temp is not None:
             body["temperature"] = temp
+    s = request.structured
+    if s is not None and profile.structured == "tool":
+        body["tools"] = [{
+            "name": s.name,
+            "description": s.description or f"Record the answer as one {s.name} object.",
+            "input_schema": s.schema,
+        }]
+        body["tool_choice"] = {"type": "tool", "name": s.name}
     body.update(profile.extra_body)
     return body
 
@@ -110,6 +129,8 @@ class AnthropicWire:
                             yield TextChunk(delta.text)
                         elif delta.type == "thinking_delta" and delta.thinking:
                             yield ReasoningChunk(delta.thinking)
+                        elif delta.type == "input_json_delta" and delta.partial_json:
+                            yield TextChunk(delta.partial_json)  # the forced tool's JSON input
                     elif kind == "message_start":
                         u = (obj.message if isinstance(obj.message, dict) else {}).get("usage") or {}
                         usage.input_tokens = int(u.get("input_tokens") or 0) + int(

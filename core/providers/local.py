@@ -247,13 +247,17 @@ class LlamaCppWire:
                 except RuntimeError:  # the loop is closed; nobody is listening
                     stop.set()
 
-            kwargs = {
+            kwargs: dict[str, Any] = {
                 "messages": messages,
                 "stream": True,
                 "temperature": temperature,
                 "max_tokens": request.max_tokens,
                 "repeat_penalty": REPEAT_PENALTY,
             }
+            if request.structured is not None and request.model.profile.structured == "grammar":
+                # llama-cpp-python compiles the schema to a GBNF grammar (llama_chat_format's
+                # _grammar_for_response_format): the tokens sampled can only spell that JSON.
+                kwargs["response_format"] = {"type": "json_object", "schema": request.structured.schema}
             self._active_stop = stop
             worker = loop.run_in_executor(None, _generate, llm, kwargs, put, stop)
             while True:

@@ -11,8 +11,10 @@ Stream facts handled here (https://platform.openai.com/docs/api-reference/chat-s
 - ``data: {"error": ...}`` after HTTP 200 is an error, classified by its type;
   data that is not a JSON object ends the turn (one policy for every wire,
   :func:`core.providers.http.event_object`).
-Per-model needs (temperature range, ``max_completion_tokens``) come from the
-model's quirk profile, never from tests on its name.
+Per-model needs (temperature range, ``max_completion_tokens``, how a structured
+request is sent: ``response_format`` json_schema or json_object) come from the
+model's quirk profile, never from tests on its name. A structured answer streams
+as ordinary content deltas carrying the JSON text.
 """
 
 from __future__ import annotations
@@ -111,6 +113,15 @@ def build_body(request: ChatRequest) -> dict[str, Any]:
             temp = profile.default_temperature
         if temp is not None:
             body["temperature"] = temp
+    if request.structured is not None:
+        s = request.structured
+        if profile.structured == "json_schema":
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": s.name, "schema": s.schema, "strict": True},
+            }
+        elif profile.structured == "json_object":  # the schema is in the caller's prompt
+            body["response_format"] = {"type": "json_object"}
     body.update(profile.extra_body)
     return body
 

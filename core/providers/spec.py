@@ -6,7 +6,7 @@ provider list) and the user's ``PARLEY_CONFIG`` into these models.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -25,6 +25,22 @@ class QuirkProfile(BaseModel):
     stream_usage: bool = True
     #: Extra fields merged into every request body.
     extra_body: dict[str, Any] = Field(default_factory=dict)
+    #: How the wire asks for one JSON object when a request carries
+    #: :class:`core.providers.base.Structured` (a consensus ballot):
+    #:
+    #: - ``"none"``: not at all; the request goes out as free text.
+    #: - ``"json_schema"``: OpenAI-compatible Structured Outputs, ``response_format:
+    #:   {"type": "json_schema", "json_schema": {"name", "schema", "strict": true}}``.
+    #: - ``"json_object"``: JSON mode, ``response_format: {"type": "json_object"}``; the
+    #:   schema is not sent, so the caller puts it in the prompt.
+    #: - ``"tool"``: Anthropic tool use, one tool whose ``input_schema`` is the schema and a
+    #:   forced ``tool_choice: {"type": "tool", "name": ...}``; its input streams as
+    #:   ``input_json_delta`` events, yielded as text.
+    #: - ``"grammar"``: llama.cpp grammar-constrained JSON (llama-cpp-python's
+    #:   ``response_format={"type": "json_object", "schema": ...}``, compiled to GBNF).
+    #:
+    #: Set only where the vendor documents it; the answer streams as JSON text either way.
+    structured: Literal["none", "json_schema", "json_object", "tool", "grammar"] = "none"
     docs: str | None = None
 
     @field_validator("temperature_range", mode="before")

@@ -5,7 +5,11 @@
   Moonshot (inside ``choices[0]``) places it, comment lines, empty/null
   ``choices`` chunks, ``reasoning_content``.
 - ``POST /v1/messages``: Anthropic Messages SSE (``message_start`` …
-  ``message_stop``, ``ping``, ``event: error`` after 200).
+  ``message_stop``, ``ping``, ``event: error`` after 200). A request carrying
+  ``tools`` and a forced ``tool_choice`` (``{"type": "tool", "name": ...}``) is
+  answered with a ``tool_use`` block whose input streams as ``input_json_delta``
+  events (the scenario's text as the ``partial_json`` pieces) and stop_reason
+  ``tool_use``.
 - ``GET /v1/models``: OpenAI/Anthropic-style model list (health checks).
 
 Faults, per scenario: keep-alives forever and never a token (``keepalive_forever``),
@@ -298,6 +302,9 @@ class FakeLLMServer:
             return resp
         chunks = self._chunks(sc, body)
         prompt, completion = self._tokens(sc, body, chunks)
+        choice = body.get("tool_choice")
+        forced = (choice.get("name") if isinstance(choice, dict) and choice.get("type") == "tool"
+                  and body.get("tools") else None)
 
         def ev(name: str, obj: dict[str, Any]) -> bytes:
             return f"event: {name}\ndata: {json.dumps(obj)}\n\n".encode()
@@ -318,8 +325,11 @@ class FakeLLMServer:
                                                             "delta": {"type": "thinking_delta", "thinking": sc.reasoning}}))
                 await resp.write(ev("content_block_stop", {"type": "content_block_stop", "index": 0}))
                 idx = 1
+            block: dict[str, Any] = (
+                {"type": "tool_use", "id": "toolu_fake", "name": forced, "input": {}} if forced
+                else {"type": "text", "text": ""})
             await resp.write(ev("content_block_start", {"type": "content_block_start", "index": idx,
-                                                        "content_block": {"type": "text", "text": ""}}))
+                                                        "content_block": block}))
             if sc.keepalive_forever:
                 await self._keepalive(resp, sc, ev("ping", {"type": "ping"}))
                 return resp
@@ -340,11 +350,14 @@ class FakeLLMServer:
                     return resp
                 if sc.inject and i == sc.inject_at:
                     await resp.write(sc.inject)
+                piece = ({"type": "input_json_delta", "partial_json": c} if forced
+                         else {"type": "text_delta", "text": c})
                 await resp.write(ev("content_block_delta", {"type": "content_block_delta", "index": idx,
-                                                            "delta": {"type": "text_delta", "text": c}}))
+                                                            "delta": piece}))
             await resp.write(ev("content_block_stop", {"type": "content_block_stop", "index": idx}))
+            stop_reason = "tool_use" if forced and sc.finish_reason == "stop" else sc.stop_reason
             await resp.write(ev("message_delta", {"type": "message_delta",
-                                                  "delta": {"stop_reason": sc.stop_reason, "stop_sequence": None},
+                                                  "delta": {"stop_reason": stop_reason, "stop_sequence": None},
                                                   "usage": {"output_tokens": completion}}))
             if not sc.no_terminator:
                 await resp.write(ev("message_stop", {"type": "message_stop"}))
@@ -356,7 +369,7 @@ class FakeLLMServer:
     async def _models(self, request: web.Request) -> web.Response:
         self.requests.append(RecordedRequest(request.path, dict(request.headers), {}, time.time()))
         body = self.models_body or {"object": "list", "data": [
-            {"id": m, "object": "model", "type": "model"} for m in (self.scenarios or {"fake-model": None})]}
+            {"id": m, "object": "model", "type": "model"} for m in (list(self.scenarios) or ["fake-model"])]}
         return web.Response(status=self.models_status, text=json.dumps(body), content_type="application/json")
 
 
