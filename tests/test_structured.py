@@ -42,7 +42,7 @@ BALLOT = Structured(
         "properties": {
             "ranking": {"type": "array", "items": {"type": "string", "enum": ["A", "B"]},
                         "minItems": 2, "maxItems": 2},
-            "note": {"type": "string"},
+            "note": {"type": "string", "maxLength": 120},  # bounded: max_tokens cannot cut the JSON
         },
         "required": ["ranking", "note"],
         "additionalProperties": False,
@@ -276,7 +276,7 @@ async def test_local_model_answers_json_matching_the_schema() -> None:
     ballot = json.loads(text)
     assert set(ballot) == {"ranking", "note"}
     assert len(ballot["ranking"]) == 2 and set(ballot["ranking"]) <= {"A", "B"}
-    assert isinstance(ballot["note"], str)
+    assert isinstance(ballot["note"], str) and len(ballot["note"]) <= 120
 
 
 # --- helpers ------------------------------------------------------------------------------------
