@@ -106,7 +106,7 @@ class Engine:
             grant.attach(did)
             run.keys = grant.keys
             run.permits = grant.permits
-        stages = stage_titles(request.rounds or 1) if request.mode == "consensus" else []
+        stages = stage_titles(request.rounds or 1, request.depth, request.method) if request.mode == "consensus" else []
         marked = DISCUSSION.set(did)  # every log line from here on names the discussion
         yield DiscussionStarted(did, request.mode, request.prompt, [p.title for p in panel], stages)
         finished = False

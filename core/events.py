@@ -139,6 +139,8 @@ class TurnFinished:
     reasoning_chars: int = 0
     #: The provider's finish reason ("stop", "length": cut by max_tokens, …) when it gave one.
     finish: str | None = None
+    #: The JSON the model wrote when ``text`` was rendered from a structured answer (a ballot).
+    structured: str | None = None
     type: str = "turn_finished"
 
     @property

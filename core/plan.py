@@ -19,7 +19,7 @@ from core.commands import Request
 from core.errors import UsageError
 from core.events import RankEntry, TurnFailed, TurnFinished, TurnInfo
 from core.personas import NEUTRAL, Persona
-from core.providers.base import Message
+from core.providers.base import Message, Structured
 from core.providers.spec import ModelSpec, ProviderSpec
 from core.records import PastDiscussion, new_id
 
@@ -70,6 +70,8 @@ class TurnSpec:
     round: int = 0
     system_extra: str = ""
     note: str | None = None
+    #: Ask for this JSON object (a ballot) where the wire can constrain output.
+    structured: Structured | None = None
 
 
 class Run:

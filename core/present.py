@@ -119,9 +119,10 @@ def summary_doc(ev: DiscussionFinished) -> Doc:
             f"${tot.cost_usd:.4f}, {(tot.wall_ms or 0) / 1000:.1f}s",
         )
     )
-    if ev.ranking:
+    if ev.ranking and ev.votes:
         ranked = ", ".join(f"{i + 1}. {r.label} ({r.score})" for i, r in enumerate(ev.ranking))
-        doc.append(line(strong("Peer ranking"), f" (Borda): {ranked}"))
+        voted = f"{ev.votes} of {ev.reviewers} reviewers voted"
+        doc.append(line(strong("Peer ranking"), f" (Borda, {voted}): {ranked}"))
     if ev.message:
         doc.append(line(ev.message))
     return doc

@@ -27,6 +27,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from core.ballot import JsonProse
 from core.errors import ErrorKind, ParleyError
 from core.events import Event, TextDelta, TurnFailed, TurnFinished, TurnInfo, TurnStarted
 from core.history import History
@@ -145,7 +146,9 @@ class TurnRunner:
             system=self.planner.system_prompt(pan, spec.system_extra),
             temperature=temperature,
             max_tokens=self.planner.max_tokens(pan, request),
+            structured=spec.structured,
         )
+        view = JsonProse() if spec.structured is not None else None
         prompt_text = (chat.system or "") + "".join(m.content for m in chat.messages)
         got = _Progress()
         error: ParleyError | None = None
@@ -171,7 +174,7 @@ class TurnRunner:
                         if got.ttft is None:
                             got.ttft = (time.perf_counter() - got.t0) * 1000
                             chat.gather = GATHER
-                        text = chunk.text
+                        text = chunk.text if view is None else view.feed(chunk.text)
                         over = got.chars + len(text) > limit
                         if over:
                             text = text[: limit - got.chars]
@@ -219,10 +222,12 @@ class TurnRunner:
             )
         elif called and own is None:
             self.registry.report(pan.provider, error)
-        yield self._finish(run, info, pan, prompt_text, got, error)
+        raw = view.text() if view is not None and view.mode == "json" else None
+        yield self._finish(run, info, pan, prompt_text, got, error, raw)
 
     def _finish(
-        self, run: Run, info: TurnInfo, pan: Panelist, prompt_text: str, got: _Progress, error: ParleyError | None
+        self, run: Run, info: TurnInfo, pan: Panelist, prompt_text: str, got: _Progress, error: ParleyError | None,
+        raw: str | None = None,
     ) -> TurnFinished | TurnFailed:
         text = "".join(got.parts)
         latency = (time.perf_counter() - got.t0) * 1000
@@ -245,7 +250,7 @@ class TurnRunner:
         )
         result: TurnFinished | TurnFailed
         if failure is None:
-            result = TurnFinished(info, text, tu, got.ttft, latency, got.reasoning, got.finish)
+            result = TurnFinished(info, text, tu, got.ttft, latency, got.reasoning, got.finish, raw)
         else:
             result = TurnFailed(info, failure, text, tu, got.ttft, latency)
         run.results.append(result)

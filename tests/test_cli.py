@@ -205,7 +205,7 @@ def test_plain_output_carries_no_chat_markup(server: FakeLLMServer, env: dict[st
     server.default = Scenario(text="An answer. RANKING: A\nREVISED ANSWER: better")
     rc, _, err = parley(env, "consensus", "providers:acme,anth", "Q?")
     assert rc == 0
-    assert "\nTotal: 5 turns (0 failed)" in err and "Peer ranking (Borda): 1." in err
+    assert "\nTotal: 5 turns (0 failed)" in err and "Peer ranking (Borda, 2 of 2 reviewers voted): 1." in err
     assert "*" not in err  # core hands structure to the CLI, which prints it plain
     p = subprocess.run([sys.executable, "-m", "bots.cli", "personas"], env=env, capture_output=True, text=True,
                        timeout=60, cwd=Path(__file__).resolve().parent.parent)

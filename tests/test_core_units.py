@@ -325,13 +325,13 @@ def test_core_text_is_structure_and_plain_text_has_no_markup() -> None:
     ok = TurnSummary("t1", "openai/gpt", "answer", 0, "openai", "gpt", None, "finished", None,
                      120.0, 900.0, 10, 20, 0.0012, True)
     ev = DiscussionFinished("d", "partial", [ok, failed], Totals(2, 1, 10, 20, 0.0012, 950.0), "note",
-                            [RankEntry("k", "Riley", 5, 2, 1.0)])
+                            [RankEntry("k", "Riley", 5, 2, 1.0)], "consensus", 3, 2)
     text = plain(summary_doc(ev))
     assert text.splitlines() == [
         "✅ openai/gpt: 0.1s to first token, 0.9s, 10+20 tokens (est.), $0.0012",
         "⚠️ kimi/k2 · review 1: quota_exhausted — Top up <!channel> *now*",
         "Total: 2 turns (1 failed), 10+20 tokens, $0.0012, 0.9s",
-        "Peer ranking (Borda): 1. Riley (5)",
+        "Peer ranking (Borda, 2 of 3 reviewers voted): 1. Riley (5)",
         "note",
     ]
     # a front-end's markup and escaping apply to every span; provider text cannot pose as markup

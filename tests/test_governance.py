@@ -165,7 +165,8 @@ async def test_consensus_estimate_grows_with_the_square_of_the_panel(svc: Servic
     async def worst(options: str) -> float:
         g = await gov.admit(parse("consensus", f"{options} max_tokens:1000 Q?"), ADMIN)
         g.release()
-        assert g.estimate.turns == len(g.panel) * 2 + 1
+        # answers, reviews and a format reminder for each, the synthesis and its one retry
+        assert g.estimate.turns == len(g.panel) * 3 + 2
         return g.estimate.usd
 
     two = await worst("providers:alpha,beta")
@@ -174,6 +175,15 @@ async def test_consensus_estimate_grows_with_the_square_of_the_panel(svc: Servic
     # stage 1 and the synthesis grow linearly; the reviews (N reviewers × N answers) quadratically:
     # each doubling of the panel costs a larger factor than the one before
     assert eight / four > four / two > 2
+    g = await gov.admit(parse("consensus", "providers:alpha,beta depth:answers max_tokens:1000 Q?"), ADMIN)
+    g.release()
+    assert g.estimate.turns == 2
+    g = await gov.admit(parse("consensus", "providers:alpha,beta depth:ranked max_tokens:1000 Q?"), ADMIN)
+    g.release()
+    assert g.estimate.turns == 6
+    g = await gov.admit(parse("consensus", "providers:alpha,beta method:debate max_tokens:1000 Q?"), ADMIN)
+    g.release()
+    assert g.estimate.turns == 9
 
 
 async def test_a_hard_stop_shows_the_estimate_and_sends_nothing(svc: Services, llm: FakeLLMServer) -> None:

@@ -8,7 +8,11 @@ bound whatever the language (four characters a token would be four times too low
 for Chinese or Japanese text).
 A consensus review reads every other panelist's answer, so reviews grow with the
 square of the panel: N panelists × R rounds × (N answers of up to max_tokens).
-``/ask`` also counts the fallback provider, in case it takes over.
+``/ask`` also counts the fallback provider, in case it takes over. A consensus also
+counts what its recoveries may add: one format reminder per review (its input is the
+review and the reviewer's reply), a devil's advocate turn (``method:debate``) and the
+synthesis retried once on the dearest panelist's provider; ``depth:`` leaves out the
+stages it skips.
 """
 
 from __future__ import annotations
@@ -82,15 +86,23 @@ def worst_case(
             est = alt
     if request.mode != "consensus":
         return est
+    depth = request.depth or "full"
+    if depth == "answers":
+        return est
     answers = sum(planner.max_tokens(p, request) for p in panel)
     overhead = REVIEW_OVERHEAD_CHARS + upper_tokens(request.prompt)
     for _ in range(request.rounds or 1):
         for p in panel:
-            est.add(p, overhead + _prompt_tokens(p.persona.system_prompt) + answers, planner.max_tokens(p, request))
-    if moderator is not None:
-        est.add(
-            moderator,
-            overhead + _prompt_tokens(moderator.persona.system_prompt) + answers,
-            planner.max_tokens(moderator, request),
-        )
+            review_in = overhead + _prompt_tokens(p.persona.system_prompt) + answers
+            est.add(p, review_in, planner.max_tokens(p, request))
+            est.add(p, review_in + planner.max_tokens(p, request) + REVIEW_OVERHEAD_CHARS, planner.max_tokens(p, request))
+    if depth == "ranked":
+        return est
+    dearest = max(panel, key=lambda p: cost_usd(p.model, 1000, planner.max_tokens(p, request), 0))
+    if request.method == "debate":
+        est.add(dearest, overhead + _prompt_tokens(dearest.persona.system_prompt) + planner.max_tokens(dearest, request),
+                planner.max_tokens(dearest, request))
+    moderators = [moderator, dearest] if moderator is not None else []
+    for m in moderators:
+        est.add(m, overhead + _prompt_tokens(m.persona.system_prompt) + answers * 2, planner.max_tokens(m, request))
     return est
