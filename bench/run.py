@@ -1,7 +1,7 @@
 """Run every benchmark, then refresh the summary in README.md.
 
     python -m bench.run            # all
-    python -m bench.run core       # one (core, slack, discord, governance, replicas, ack)
+    python -m bench.run core       # one (core, slack, discord, governance, replicas, ack, ballots)
 
 Each benchmark module has ``main() -> dict`` that writes
 ``bench/results/<name>.json`` (+ a PNG chart for most) and returns a ``summary`` list of
@@ -24,6 +24,7 @@ BENCHES = {
     "governance": "bench.governance_bench",
     "replicas": "bench.replica_bench",
     "ack": "bench.ack_bench",
+    "ballots": "bench.ballot_bench",
 }
 MARK = "<!-- bench-summary -->"
 

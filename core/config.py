@@ -81,6 +81,12 @@ class Settings(EnvSettings):
     first_token_timeout: float = Field(60.0, gt=0, validation_alias=_env("PARLEY_FIRST_TOKEN_TIMEOUT"))
     idle_timeout: float = Field(60.0, gt=0, validation_alias=_env("PARLEY_IDLE_TIMEOUT"))
     turn_timeout: float = Field(600.0, gt=0, validation_alias=_env("PARLEY_TURN_TIMEOUT"))
+    #: A consensus stage's deadlines: each stage (answers, a review round, the synthesis) ends
+    #: within ``stage_timeout``; once most of a stage's turns have ended, the rest have
+    #: ``straggler_timeout`` more. A turn cut by either keeps its text and is left out of
+    #: the later stages, so one slow provider cannot hold the panel.
+    stage_timeout: float = Field(300.0, gt=0, validation_alias=_env("PARLEY_STAGE_TIMEOUT"))
+    straggler_timeout: float = Field(60.0, gt=0, validation_alias=_env("PARLEY_STRAGGLER_TIMEOUT"))
     #: The longest answer kept from one turn, in characters; the turn ends there.
     max_answer_chars: int = Field(100_000, gt=0, validation_alias=_env("PARLEY_MAX_ANSWER_CHARS"))
     retry_attempts: int = Field(3, validation_alias=_env("PARLEY_RETRY_ATTEMPTS"))

@@ -210,7 +210,7 @@ async def consensus(turns: TurnRunner, run: Run, panel: Sequence[Panelist]) -> A
 
     yield StageStarted("answer", 0, ANSWERS_TITLE)
     first: dict[str, TurnFinished | TurnFailed] = {}
-    async with aclosing(turns.stage(run, [turns.first(run, p) for p in panel], first)) as stream:
+    async with aclosing(turns.stage(run, [turns.first(run, p) for p in panel], first, deadline=True)) as stream:
         async for ev in stream:
             yield ev
     current = {k: r.text for k, r in first.items() if isinstance(r, TurnFinished) and r.text.strip()}
@@ -256,7 +256,7 @@ async def consensus(turns: TurnRunner, run: Run, panel: Sequence[Panelist]) -> A
                 )
             )
         results: dict[str, TurnFinished | TurnFailed] = {}
-        async with aclosing(turns.stage(run, specs, results)) as stream:
+        async with aclosing(turns.stage(run, specs, results, deadline=True)) as stream:
             async for ev in stream:
                 yield ev
         ballots = []
@@ -279,7 +279,7 @@ async def consensus(turns: TurnRunner, run: Run, panel: Sequence[Panelist]) -> A
                     note="The review had no usable ranking; asked once more for it.",
                 ))
             retried: dict[str, TurnFinished | TurnFailed] = {}
-            async with aclosing(turns.stage(run, retry_specs, retried)) as stream:
+            async with aclosing(turns.stage(run, retry_specs, retried, deadline=True)) as stream:
                 async for ev in stream:
                     yield ev
             for key, res in retried.items():
@@ -293,6 +293,9 @@ async def consensus(turns: TurnRunner, run: Run, panel: Sequence[Panelist]) -> A
             if got.revision:
                 current[key] = got.revision
         run.reviewers, run.votes = len(specs), len(ballots)
+        late = {k for k, r in results.items() if isinstance(r, TurnFailed) and _missed_stage(r)}
+        if late and len(alive) - len(late) >= 1:
+            alive = [p for p in alive if p.key not in late]  # left out of the later stages
 
     standings = borda(ballots, {p.key: labels[p.key] for p in alive})
     run.ranking = [s.entry() for s in standings] if ballots else None
@@ -316,7 +319,7 @@ async def consensus(turns: TurnRunner, run: Run, panel: Sequence[Panelist]) -> A
                 "reviewing anonymous answers from other panelists", "arguing against the panel's leading answer"),
         )
         dres: dict[str, TurnFinished | TurnFailed] = {}
-        async with aclosing(turns.stage(run, [dspec], dres)) as stream:
+        async with aclosing(turns.stage(run, [dspec], dres, deadline=True)) as stream:
             async for ev in stream:
                 yield ev
         got_d = dres.get(advocate.key)
@@ -339,7 +342,7 @@ async def consensus(turns: TurnRunner, run: Run, panel: Sequence[Panelist]) -> A
         spec = TurnSpec(Panelist(moderator.persona, moderator.provider, moderator.model), prompt,
                         history=[], stage="synthesis", system_extra=system, note=note)
         synth: dict[str, TurnFinished | TurnFailed] = {}
-        async with aclosing(turns.stage(run, [spec], synth)) as stream:
+        async with aclosing(turns.stage(run, [spec], synth, deadline=True)) as stream:
             async for ev in stream:
                 yield ev
         result = synth.get(spec.panelist.key)
@@ -360,6 +363,11 @@ async def consensus(turns: TurnRunner, run: Run, panel: Sequence[Panelist]) -> A
         f"The moderator failed ({failure.error.message}); the panel's answers and reviews above "
         f"stand, and {kept}."
     )
+
+
+def _missed_stage(result: TurnFailed) -> bool:
+    return result.error.kind == "timeout" and ("PARLEY_STAGE_TIMEOUT" in result.error.message
+                                               or "PARLEY_STRAGGLER_TIMEOUT" in result.error.message)
 
 
 def _next_moderator(turns: TurnRunner, run: Run, failed: Panelist, ranked: Sequence[Panelist]) -> Panelist | None:

@@ -54,6 +54,31 @@ if TYPE_CHECKING:
     from core.store import Store
 
 FIRST, IDLE, TOTAL = "PARLEY_FIRST_TOKEN_TIMEOUT", "PARLEY_IDLE_TIMEOUT", "PARLEY_TURN_TIMEOUT"
+STAGE, STRAGGLER = "PARLEY_STAGE_TIMEOUT", "PARLEY_STRAGGLER_TIMEOUT"
+
+
+class StageDeadline:
+    """The deadline every turn of one stage shares: the stage's cap, brought forward to
+    ``straggler_timeout`` after most of its turns have ended."""
+
+    def __init__(self, settings: Settings, turns: int) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.settings = settings
+        self.at = self.loop.time() + settings.stage_timeout
+        self.setting = STAGE
+        self.turns = turns
+        self.ended = 0
+        self.clocks: set[_Clock] = set()
+
+    def ended_one(self) -> None:
+        self.ended += 1
+        quorum = max(2, -(-self.turns // 2))
+        if self.turns >= 3 and self.ended >= quorum and self.setting == STAGE:
+            at = self.loop.time() + self.settings.straggler_timeout
+            if at < self.at:
+                self.at, self.setting = at, STRAGGLER
+                for c in list(self.clocks):
+                    c.rearm()
 #: Once a turn's text has started, its stream is read at most this often (seconds): what
 #: arrived meanwhile comes in one read. No platform shows text that fast (a message is
 #: edited about once a second), while every read taken alone costs a task switch through
@@ -79,12 +104,16 @@ class _Clock(Deadline):
     (:class:`core.providers.http.Deadline`): a token only moves :attr:`last`. The timer
     interrupts only the wait for a chunk, never a reader of the turn's events."""
 
-    def __init__(self, settings: Settings, late: Callable[[str], ParleyError]) -> None:
+    def __init__(self, settings: Settings, late: Callable[[str], ParleyError],
+                 stage: StageDeadline | None = None) -> None:
         super().__init__()
         self.settings = settings
         self.late = late
         self.start = self.loop.time()
         self.last: float | None = None  # when the last token (text or reasoning) arrived
+        self.stage = stage
+        if stage is not None:
+            stage.clocks.add(self)
 
     def next(self) -> tuple[float, str]:
         """When the deadline in force falls, and the setting that puts it there."""
@@ -94,7 +123,15 @@ class _Clock(Deadline):
             at, name = self.start + s.first_token_timeout, FIRST
         else:
             at, name = self.last + s.idle_timeout, IDLE
-        return (at, name) if at < cap else (cap, TOTAL)
+        at, name = (at, name) if at < cap else (cap, TOTAL)
+        if self.stage is not None and self.stage.at < at:
+            return self.stage.at, self.stage.setting
+        return at, name
+
+    def close(self) -> None:
+        super().close()
+        if self.stage is not None:
+            self.stage.clocks.discard(self)
 
     def due(self) -> float:
         return self.next()[0]
@@ -132,7 +169,7 @@ class TurnRunner:
         history = [] if run.request.fresh else self.history.messages(run, panelist, budget)
         return TurnSpec(panelist, run.request.prompt, [*history, *run.prefill])
 
-    async def turn(self, run: Run, spec: TurnSpec) -> AsyncGenerator[Event, None]:
+    async def turn(self, run: Run, spec: TurnSpec, stage: StageDeadline | None = None) -> AsyncGenerator[Event, None]:
         pan = spec.panelist
         request = run.request
         info = self.planner.info(pan, spec.stage, spec.round)
@@ -154,7 +191,8 @@ class TurnRunner:
         error: ParleyError | None = None
         called = False  # a refusal before any call (paused, not configured) is not news for health
         retried: list[ParleyError] = []
-        clock = _Clock(self.settings, lambda why: given_up(_late(pan.provider, why, self.settings, got), retried))
+        clock = _Clock(self.settings, lambda why: given_up(_late(pan.provider, why, self.settings, got), retried),
+                       stage)
         limit = self.settings.max_answer_chars
         own = run.keys.get(pan.provider.id)
         try:
@@ -259,15 +297,21 @@ class TurnRunner:
         return result
 
     async def stage(
-        self, run: Run, specs: Sequence[TurnSpec], done: dict[str, TurnFinished | TurnFailed] | None = None
+        self, run: Run, specs: Sequence[TurnSpec], done: dict[str, TurnFinished | TurnFailed] | None = None,
+        *, deadline: bool = False,
     ) -> AsyncGenerator[Event, None]:
-        """Run ``specs`` concurrently; record each result in ``done`` under its panelist key."""
+        """Run ``specs`` concurrently; record each result in ``done`` under its panelist key.
+        With ``deadline``, the turns share a :class:`StageDeadline` (a consensus stage)."""
+        shared = StageDeadline(self.settings, len(specs)) if deadline else None
 
         async def tagged(spec: TurnSpec) -> AsyncGenerator[Event, None]:
-            async with aclosing(self.turn(run, spec)) as stream:
+            async with aclosing(self.turn(run, spec, shared)) as stream:
                 async for ev in stream:
-                    if done is not None and isinstance(ev, (TurnFinished, TurnFailed)):
-                        done[spec.panelist.key] = ev
+                    if isinstance(ev, (TurnFinished, TurnFailed)):
+                        if done is not None:
+                            done[spec.panelist.key] = ev
+                        if shared is not None:
+                            shared.ended_one()
                     yield ev
 
         async with aclosing(merge([tagged(s) for s in specs])) as stream:
@@ -281,6 +325,12 @@ def _late(spec: ProviderSpec, setting: str, settings: Settings, got: _Progress) 
         what = f"sent no text within {settings.first_token_timeout:g}s ({FIRST}; keep-alives do not count)"
     elif setting == IDLE:
         what = f"stopped sending text for {settings.idle_timeout:g}s ({IDLE})"
+    elif setting == STAGE:
+        what = (f"did not finish within the stage's {settings.stage_timeout:g}s ({STAGE}), so it is left out "
+                f"of the later stages")
+    elif setting == STRAGGLER:
+        what = (f"was still writing {settings.straggler_timeout:g}s after most of the panel had finished "
+                f"({STRAGGLER}), so it is left out of the later stages")
     else:
         what = f"did not finish its answer within {settings.turn_timeout:g}s ({TOTAL})"
     kept = " The text received so far is kept." if got.parts else ""

@@ -3,6 +3,7 @@ the moderator's fallback, and the depth and method options."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -256,3 +257,36 @@ async def test_debate_devils_advocate_before_synthesis(svc: Services, llm: FakeL
     assert len(devil_prompt) == 1
     moderator = user(llm.requests[-1])
     assert "devil's advocate argued" in moderator and debate[0].text.strip()[:20] in moderator
+
+
+async def test_a_panelist_that_stalls_is_cut_after_the_others_and_left_out(
+    llm: FakeLLMServer, svc: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc.settings.straggler_timeout = 0.5
+    llm.scenarios["alpha-1"] = Scenario(text="Alpha. RANKING: A")
+    llm.scenarios["beta-1"] = Scenario(text="Beta. RANKING: A")
+    llm.scenarios["gamma-1"] = Scenario(text="Gamma starts and then", stall_after_chunks=2)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    events = await consensus(svc, "providers:alpha,beta,gamma Q?")
+    took = loop.time() - t0
+    assert took < svc.settings.idle_timeout  # not the turn's own idle deadline (60 s)
+    cut = [e for e in events if isinstance(e, TurnFailed) and e.turn.provider == "gamma"]
+    assert len(cut) == 1 and cut[0].error.kind == "timeout" and cut[0].text == "Gamma starts and then"[:8]
+    assert "PARLEY_STRAGGLER_TIMEOUT" in cut[0].error.message and "left out" in cut[0].error.message
+    assert not reviews(llm, "gamma-1")  # left out of the reviews
+    for model in ("alpha-1", "beta-1"):
+        assert "Gamma starts" not in user(reviews(llm, model)[0])
+    fin = events[-1]
+    assert isinstance(fin, DiscussionFinished) and fin.status == "partial" and (fin.reviewers, fin.votes) == (2, 2)
+
+
+async def test_a_stage_cap_ends_a_stage_nobody_finishes(llm: FakeLLMServer, svc: Services) -> None:
+    svc.settings.stage_timeout = 0.5
+    llm.scenarios["alpha-1"] = Scenario(text="Alpha. RANKING: A")
+    llm.scenarios["beta-1"] = Scenario(keepalive_forever=True)
+    events = await consensus(svc, "providers:alpha,beta Q?")
+    cut = [e for e in events if isinstance(e, TurnFailed)]
+    assert len(cut) == 1 and "PARLEY_STAGE_TIMEOUT" in cut[0].error.message
+    fin = events[-1]
+    assert isinstance(fin, DiscussionFinished) and fin.status == "failed" and "at least two answers" in (fin.message or "")

@@ -93,6 +93,12 @@ class Deadline:
         finally:
             self._waiting = None
 
+    def rearm(self) -> None:
+        """The deadline moved earlier: ring at the new time (a later one re-arms by itself)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = self.loop.call_at(self.due(), self._ring)
+
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
