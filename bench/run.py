@@ -1,7 +1,7 @@
 """Run every benchmark, then refresh the summary in README.md.
 
     python -m bench.run            # all
-    python -m bench.run core       # one (core, slack, discord, governance, replicas, ack, ballots)
+    python -m bench.run core       # one (core, slack, discord, governance, replicas, ack, ballots, eval)
 
 Each benchmark module has ``main() -> dict`` that writes
 ``bench/results/<name>.json`` (+ a PNG chart for most) and returns a ``summary`` list of
@@ -25,6 +25,7 @@ BENCHES = {
     "replicas": "bench.replica_bench",
     "ack": "bench.ack_bench",
     "ballots": "bench.ballot_bench",
+    "eval": "bench.eval_bench",
 }
 MARK = "<!-- bench-summary -->"
 

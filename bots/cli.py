@@ -56,7 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, summary in FRONT_ENDS.items():
         sp = sub.add_parser(name, help=summary, description=summary)
         sp.add_argument("args", nargs=argparse.REMAINDER)
+    ev = sub.add_parser("eval", help=EVAL_HELP, description=EVAL_HELP)
+    ev.add_argument("file", nargs="?", help="a JSONL question set (question, answer, match); default: the shipped set")
+    ev.add_argument("--modes", default="ask,consensus", help="comma separated: ask, compare, consensus")
+    ev.add_argument("--options", default="", help="options for every discussion, e.g. 'providers:local depth:full'")
+    ev.add_argument("--concurrency", type=int, default=2, help="discussions at once (default 2)")
+    ev.add_argument("--limit", type=int, default=0, help="only the first N questions")
+    ev.add_argument("--json", action="store_true", help="one JSON report")
+    ev.add_argument("--chart", help="write a PNG chart of accuracy per mode here")
     return p
+
+
+EVAL_HELP = "Run a question set through modes; accuracy (95% Wilson interval), cost, time and ballot rate per mode."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,7 +128,26 @@ def _front_end(name: str, rest: list[str]) -> int:
     return int(load_front_end(name)(rest))
 
 
+async def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from core import evaluation
+
+    items = evaluation.load(Path(args.file) if args.file else evaluation.shipped())
+    if args.limit:
+        items = items[: args.limit]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    async with build_services(Settings()) as services:
+        report = await evaluation.run(services, local_caller("cli"), items, modes, args.options, args.concurrency)
+    if args.chart:
+        evaluation.chart(report, Path(args.chart))
+    print(evaluation.as_json(report) if args.json else evaluation.table(report))
+    return 0
+
+
 async def _run(cmd: str, args: argparse.Namespace) -> int:
+    if cmd == "eval":
+        return await _eval(args)
     settings = Settings()
     request = parse(cmd, " ".join(getattr(args, "text", None) or []), max_prompt_chars=settings.max_prompt_chars,
                     max_turns=settings.max_turns)
