@@ -275,9 +275,24 @@ def read(text: str, letters: Sequence[str]) -> Read:
     return Read(order, revision)
 
 
-def reminder(letters: Sequence[str]) -> str:
+def ranking_schema(letters: Sequence[str]) -> Structured:
+    """The reminder's ballot: the ranking alone (short, so an output limit cannot cut it)."""
+    full = schema(letters).schema
+    return Structured(
+        name="ranking",
+        description="Every letter once, best first.",
+        schema={"type": "object", "properties": {"ranking": full["properties"]["ranking"]},
+                "required": ["ranking"], "additionalProperties": False},
+    )
+
+
+def reminder(letters: Sequence[str], *, as_json: bool = False) -> str:
     """The one follow-up a reviewer gets when its review held no usable ranking."""
     chain = " > ".join(letters)
+    if as_json:
+        listed = ", ".join(f'"{x}"' for x in letters)
+        return ("Your review did not include a usable ranking. Reply with only the JSON object "
+                f'{{"ranking": [{listed}]}}, every letter once, best first.')
     return (
         "Your review did not include a usable ranking. Reply with exactly one line and nothing else, "
         f"ranking every letter once, best first, for example:\nRANKING: {chain}"

@@ -272,11 +272,13 @@ async def consensus(turns: TurnRunner, run: Run, panel: Sequence[Panelist]) -> A
                 res = results[s.panelist.key]
                 assert isinstance(res, TurnFinished)
                 letters = list(letter_maps[s.panelist.key])
+                as_json = s.structured is not None
                 retry_specs.append(TurnSpec(
-                    s.panelist, ballot.reminder(letters),
+                    s.panelist, ballot.reminder(letters, as_json=as_json),
                     history=[Message("user", s.user), Message("assistant", res.structured or res.text)],
                     stage="review", round=rnd, system_extra=REVIEW_RULES,
                     note="The review had no usable ranking; asked once more for it.",
+                    structured=ballot.ranking_schema(letters) if as_json else None,
                 ))
             retried: dict[str, TurnFinished | TurnFailed] = {}
             async with aclosing(turns.stage(run, retry_specs, retried, deadline=True)) as stream:
@@ -284,7 +286,7 @@ async def consensus(turns: TurnRunner, run: Run, panel: Sequence[Panelist]) -> A
                     yield ev
             for key, res in retried.items():
                 if isinstance(res, TurnFinished):
-                    order = ballot.read(res.text, list(letter_maps[key])).order
+                    order = ballot.read(res.structured or res.text, list(letter_maps[key])).order
                     if order:
                         reads[key].order = order
         for key, got in reads.items():

@@ -290,3 +290,18 @@ async def test_a_stage_cap_ends_a_stage_nobody_finishes(llm: FakeLLMServer, svc:
     assert len(cut) == 1 and "PARLEY_STAGE_TIMEOUT" in cut[0].error.message
     fin = events[-1]
     assert isinstance(fin, DiscussionFinished) and fin.status == "failed" and "at least two answers" in (fin.message or "")
+
+
+async def test_a_structured_review_cut_before_its_ranking_is_reminded_in_json(
+    svc: Services, llm: FakeLLMServer
+) -> None:
+    llm.scenarios["alpha-1"] = Scenario(text="RANKING: A")
+    llm.scenarios["omega-1"] = Scenario(text='{"critique": "A long critique that the output limit cut')
+    events = await consensus(svc, "providers:alpha,omega Q?")
+    omega = [r for r in llm.requests_for("omega-1") if "usable ranking" in user(r)]
+    assert len(omega) == 1
+    fmt = omega[0].body["response_format"]  # type: ignore[attr-defined]
+    assert fmt["type"] == "json_schema" and list(fmt["json_schema"]["schema"]["properties"]) == ["ranking"]
+    assert '{"ranking": ["A"]}' in user(omega[0])
+    fin = events[-1]
+    assert isinstance(fin, DiscussionFinished) and (fin.reviewers, fin.votes) == (2, 1)
