@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.commands import Request, parse
+from core.consensus import parse_revision
 from core.errors import UsageError
 from core.events import DiscussionFinished, TurnFinished
+from core.personas import NEUTRAL
 
 if TYPE_CHECKING:
     from core.governance.scope import Caller
@@ -144,15 +146,18 @@ def graded_text(mode: str, finals: list[TurnFinished], fin: DiscussionFinished |
         return [m.group(1) if m else text]
     if fin is not None and fin.ranking:
         top = fin.ranking[0].panelist
-        revised = [f for f in finals if f.turn.stage == "review" and _key(f) == top]
-        chosen = revised[-1:] or [f for f in answers if _key(f) == top]
-        if chosen:
-            return [chosen[-1].text]
+        for f in reversed([f for f in finals if f.turn.stage == "review" and _key(f) == top]):
+            revised = parse_revision(f.text)
+            if revised:
+                return [revised]
+        first = [f for f in answers if _key(f) == top]
+        if first:
+            return [first[0].text]
     return [answers[0].text] if answers else []
 
 
 def _key(f: TurnFinished) -> str:
-    return f"{f.turn.persona_id or 'neutral'}@{f.turn.provider}/{f.turn.model}"
+    return f"{f.turn.persona_id or NEUTRAL.id}@{f.turn.provider}/{f.turn.model}"
 
 
 @dataclass(slots=True)

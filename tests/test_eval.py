@@ -126,3 +126,19 @@ def test_eval_with_the_local_model(tmp_path: Path) -> None:
     rows = {r["mode"]: r for r in json.loads(p.stdout)["modes"]}
     assert rows["ask"]["n"] == 2 and rows["consensus"]["n"] == 2
     assert rows["consensus"]["reviews"] == 4 and rows["consensus"]["votes"] == 4  # grammar ballots
+
+
+def test_consensus_grading_without_a_synthesis_takes_the_top_ranked_revision() -> None:
+    from core.events import RankEntry, TurnInfo, TurnUsage
+
+    def fin(stage: str, provider: str, text: str) -> evaluation.TurnFinished:
+        info = TurnInfo("t", provider, provider, f"{provider}-1", stage=stage)
+        return evaluation.TurnFinished(info, text, TurnUsage(), None, 0.0)
+
+    finals = [fin("answer", "a", "7"), fin("answer", "b", "40"),
+              fin("review", "b", "Critique: 7 is off by 35.\nRANKING: A\nREVISED ANSWER: It is 42")]
+    done = evaluation.DiscussionFinished("d", "finished", [], None, ranking=[  # type: ignore[arg-type]
+        RankEntry("assistant@b/b-1", "b", 2, 1, 1.0), RankEntry("assistant@a/a-1", "a", 1, 1, 2.0)])
+    assert evaluation.graded_text("consensus", finals, done) == ["It is 42"]  # the revision, not the critique
+    synth = [*finals, fin("synthesis", "a", "**Answer** 12\n**Agreement** 99")]
+    assert evaluation.graded_text("consensus", synth, done)[0].strip() == "12"
