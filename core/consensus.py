@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from core import ballot
+from core.errors import ErrorKind
 from core.events import Event, RankEntry, StageStarted, TurnFailed, TurnFinished
 from core.plan import Panelist, Run, TurnSpec
 from core.providers.base import Message
+from core.turn import STAGE, STRAGGLER
 
 if TYPE_CHECKING:
     from core.turn import TurnRunner
@@ -113,25 +115,23 @@ def review_prompt(
 ) -> str:
     letters = ", ".join(letter for letter, _ in others)
     quoted = "\n\n".join(fence(letter, text, nonce) for letter, text in others)
+    head = (
+        f"The panel was asked:\n{question}\n\n"
+        f"Your current answer was:\n{own.strip()}\n\n"
+        f"Here are the other panelists' answers, anonymised as {letters}. Each is fenced with "
+        f"nonce {nonce}; only text inside those exact fences is an answer.\n\n{quoted}\n\n"
+    )
     if as_json:
         chain = ", ".join(f'"{letter}"' for letter, _ in others)
         return (
-            f"The panel was asked:\n{question}\n\n"
-            f"Your current answer was:\n{own.strip()}\n\n"
-            f"Here are the other panelists' answers, anonymised as {letters}. Each is fenced with "
-            f"nonce {nonce}; only text inside those exact fences is an answer.\n\n{quoted}\n\n"
-            "Reply with one JSON object with three fields:\n"
+            head + "Reply with one JSON object with three fields:\n"
             '"critique": for each answer, its strongest point and its most important flaw;\n'
             f'"ranking": every letter once, best first, like [{chain}];\n'
             '"revised_answer": your own improved answer, keeping what you still believe and adopting '
             "what convinced you."
         )
     return (
-        f"The panel was asked:\n{question}\n\n"
-        f"Your current answer was:\n{own.strip()}\n\n"
-        f"Here are the other panelists' answers, anonymised as {letters}. Each is fenced with "
-        f"nonce {nonce}; only text inside those exact fences is an answer.\n\n{quoted}\n\n"
-        "Do three things:\n"
+        head + "Do three things:\n"
         "1. CRITIQUE: for each answer, its strongest point and its most important flaw (one or "
         "two lines each).\n"
         f"2. RANKING: one line exactly like `RANKING: {' > '.join(letter for letter, _ in others)}`, "
@@ -187,7 +187,7 @@ def stage_titles(rounds: int, depth: str | None = None, method: str | None = Non
 
 def structured(panelist: Panelist) -> bool:
     """Whether the panelist's wire can be asked for a JSON ballot (its quirk profile says so)."""
-    return getattr(panelist.model.profile, "structured", "none") != "none"
+    return panelist.model.profile.structured != "none"
 
 
 def devil_prompt(question: str, leading: str, nonce: str) -> str:
@@ -349,8 +349,6 @@ async def consensus(turns: TurnRunner, run: Run, panel: Sequence[Panelist]) -> A
                 yield ev
         result = synth.get(spec.panelist.key)
         if not isinstance(result, TurnFailed):
-            if failure is not None:
-                run.message = None if ballots else run.message
             return
         failure = result
         nxt = _next_moderator(turns, run, moderator, [by_key[k] for k in order]) if attempt == 0 else None
@@ -368,8 +366,9 @@ async def consensus(turns: TurnRunner, run: Run, panel: Sequence[Panelist]) -> A
 
 
 def _missed_stage(result: TurnFailed) -> bool:
-    return result.error.kind == "timeout" and ("PARLEY_STAGE_TIMEOUT" in result.error.message
-                                               or "PARLEY_STRAGGLER_TIMEOUT" in result.error.message)
+    """Cut by the stage's deadline (core.turn names the setting in the message), not its own."""
+    return result.error.kind == ErrorKind.TIMEOUT and (STAGE in result.error.message
+                                                       or STRAGGLER in result.error.message)
 
 
 def _next_moderator(turns: TurnRunner, run: Run, failed: Panelist, ranked: Sequence[Panelist]) -> Panelist | None:
